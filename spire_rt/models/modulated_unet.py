@@ -1,0 +1,73 @@
+"""The frozen UNet's forward pass with SPIRE's modulation of its skip features and mid-block output.
+
+    f_i' = (1 + s * gamma_i) * f_i + s * beta_i        (SPIRE.md "Modulation fusion")
+
+Only what travels along the skips (and the mid output) is modulated; the main path through the down blocks is
+not. This re-states `diffusers.UNet2DConditionModel.forward` for the plain Stable Diffusion layout, because the
+modulation needs each skip feature itself (diffusers only lets a caller *add* residuals). No Python branching on
+tensor values, so it traces to ONNX; the spatial size must be divisible by the UNet's total downsampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from diffusers import UNet2DConditionModel
+
+
+def modulate(feature: torch.Tensor, modulation: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """`(1 + s*gamma) * f + s*beta`, with `modulation = concat(gamma, beta)` along channels.
+
+    The adaptor may run at a smaller batch than the UNet (once for both guidance branches); its batch of 1
+    broadcasts. The fast GPU path replaces this function with a fused kernel.
+    """
+    gamma, beta = modulation.chunk(2, dim=1)
+    return (1 + strength * gamma) * feature + strength * beta
+
+
+def unet_forward_modulated(
+    unet: UNet2DConditionModel,
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    modulations: Sequence[torch.Tensor],
+    strength: torch.Tensor,
+    modulate_fn=modulate,
+) -> torch.Tensor:
+    """The UNet's noise (or v) prediction with its skips and mid output modulated by the adaptor."""
+    num_skips = sum(len(block.resnets) for block in unet.up_blocks)
+    if len(modulations) != num_skips + 1:
+        raise ValueError(f"expected {num_skips + 1} modulations (skips + mid), got {len(modulations)}")
+    strength = strength.to(sample.dtype).reshape(-1, 1, 1, 1)
+
+    emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep))
+    h = unet.conv_in(sample)
+
+    skips = [h]
+    for block in unet.down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            h, block_skips = block(hidden_states=h, temb=emb, encoder_hidden_states=encoder_hidden_states)
+        else:
+            h, block_skips = block(hidden_states=h, temb=emb)
+        skips += block_skips
+    skips = [modulate_fn(f, m, strength) for f, m in zip(skips, modulations[:-1])]
+
+    if getattr(unet.mid_block, "has_cross_attention", False):
+        h = unet.mid_block(h, emb, encoder_hidden_states=encoder_hidden_states)
+    else:
+        h = unet.mid_block(h, emb)
+    h = modulate_fn(h, modulations[-1], strength)
+
+    for block in unet.up_blocks:
+        block_skips = tuple(skips[-len(block.resnets):])
+        skips = skips[: -len(block.resnets)]
+        if getattr(block, "has_cross_attention", False):
+            h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=block_skips,
+                      encoder_hidden_states=encoder_hidden_states)
+        else:
+            h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=block_skips)
+
+    if unet.conv_norm_out is not None:
+        h = unet.conv_act(unet.conv_norm_out(h))
+    return unet.conv_out(h)
