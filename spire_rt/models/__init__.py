@@ -12,10 +12,10 @@ transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from .adaptor import SpireAdaptor, init_adaptor_from_unet  # noqa: E402
-from .modulated_unet import modulate, unet_forward_modulated  # noqa: E402
-from .presets import PRESETS, get_preset  # noqa: E402
-from .spire_model import SpireModel, build_preset, load_model  # noqa: E402
+from .adaptor import SpireAdaptor, init_adaptor_from_unet
+from .modulated_unet import modulate, unet_forward_modulated
+from .presets import PRESETS, get_preset
+from .spire_model import SpireModel, build_preset, load_model
 
 __all__ = ["PRESETS", "SpireAdaptor", "SpireModel", "build_preset", "get_preset", "init_adaptor_from_unet",
            "load_model", "modulate", "unet_forward_modulated"]

@@ -21,7 +21,23 @@ from transformers import CLIPTextModel
 from .adaptor import SpireAdaptor
 from .modulated_unet import modulate, unet_forward_modulated
 
-NETWORK_NAMES = ("text_encoder", "denoiser", "denoiser_guided", "vae_encoder", "vae_decoder")
+# Each network's input and output names, in call order: the one place the backends and exporters read them.
+NETWORK_INPUTS = {
+    "text_encoder": ("input_ids",),
+    "denoiser": ("sample", "timestep", "y_latent", "restore_embeddings", "semantic_embeddings",
+                 "adaptor_strength", "guidance_scale"),
+    "vae_encoder": ("image",),
+    "vae_decoder": ("latent",),
+}
+NETWORK_INPUTS["denoiser_guided"] = NETWORK_INPUTS["denoiser"]
+NETWORK_OUTPUTS = {
+    "text_encoder": ("text_embeddings",),
+    "denoiser": ("model_output",),
+    "denoiser_guided": ("model_output",),
+    "vae_encoder": ("latent",),
+    "vae_decoder": ("image",),
+}
+NETWORK_NAMES = tuple(NETWORK_INPUTS)
 
 
 class TextEncoderNet(nn.Module):

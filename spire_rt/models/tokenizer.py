@@ -11,6 +11,7 @@ Numbers never merge: CLIP's pre-tokenizer already splits every digit into its ow
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 from pathlib import Path
 
@@ -22,9 +23,10 @@ MAX_LENGTH = 77
 
 # The grammar's words (SPIRE.md "Restoration prompt grammar") and a few common caption words.
 CORPUS_WORDS = (
-    "remove all degradation deblur with sigma upsample to denoise dejpeg quality x "
-    "a an the of on in and photo picture image of with dog cat person face man woman building street tree sky"
-).split()
+    *("remove", "all", "degradation", "deblur", "with", "sigma", "upsample", "to", "denoise", "dejpeg", "quality"),
+    *("x", "a", "an", "the", "of", "on", "in", "and", "photo", "picture", "image", "dog", "cat", "person", "face"),
+    *("man", "woman", "building", "street", "tree", "sky"),
+)
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -41,7 +43,7 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes)))
 
 
-def learn_merges(words: list[str]) -> list[tuple[str, str]]:
+def learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
     """Greedy BPE (Sennrich et al. 2016) until every corpus word is a single symbol."""
     byte_map = bytes_to_unicode()
     spelled = {}
@@ -53,7 +55,7 @@ def learn_merges(words: list[str]) -> list[tuple[str, str]]:
     while True:
         pairs = collections.Counter()
         for symbols in spelled.values():
-            pairs.update(zip(symbols, symbols[1:]))
+            pairs.update(itertools.pairwise(symbols))
         if not pairs:
             return merges
         # Ties broken by the pair itself so the merge list is the same on every run.

@@ -1,0 +1,40 @@
+"""The PyTorch backend: runs the model's networks eagerly, on the CPU or a CUDA device."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from ..models.networks import NETWORK_INPUTS, NETWORK_OUTPUTS
+from ..models.spire_model import SpireModel
+from .base import resolve_device, resolve_dtype
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: SpireModel, device: str | torch.device = "cpu", dtype=None):
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        for module in model.modules().values():
+            module.to(device=self.device, dtype=self.dtype).eval()
+        self.networks = model.networks()
+
+    def run(self, network: str, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if network not in self.networks:
+            raise KeyError(f"unknown network {network!r}; known: {', '.join(self.networks)}")
+        missing = [name for name in NETWORK_INPUTS[network] if name not in feeds]
+        if missing:
+            raise KeyError(f"{network}: missing inputs {', '.join(missing)}")
+        args = [self.cast(feeds[name]) for name in NETWORK_INPUTS[network]]
+        with torch.inference_mode():
+            output = self.networks[network](*args)
+        return {NETWORK_OUTPUTS[network][0]: output.float()}
+
+    def cast(self, tensor: torch.Tensor) -> torch.Tensor:
+        dtype = self.dtype if tensor.is_floating_point() else tensor.dtype
+        return tensor.to(device=self.device, dtype=dtype)
+
+    def close(self) -> None:
+        self.networks = {}

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny random models built in-process (nothing is loaded from a hub)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spire_rt.models import build_preset
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The tiny preset's architecture with seeded random weights. Tests must not modify it."""
+    return build_preset("tiny")
+
+
+@pytest.fixture()
+def tiny_model_copy():
+    """A private tiny model for tests that change weights."""
+    return build_preset("tiny")
+
+
+def randomize_heads(adaptor, scale: float = 0.1, seed: int = 0) -> None:
+    """Give the zero-initialised fusion heads random weights, so modulation does something measurable."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in [*adaptor.skip_heads, adaptor.mid_head]:
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * scale)
+            head.bias.copy_(torch.randn(head.bias.shape, generator=generator) * scale)
+
+
+@pytest.fixture()
+def photo_like():
+    """A smooth 64x80 RGB image with edges: something a restorer could plausibly see."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:64, 0:80] / 64.0
+    image = np.stack([0.5 + 0.4 * np.sin(3 * x + c) * np.cos(2 * y) for c in range(3)], axis=2)
+    image[20:40, 30:50] = [0.9, 0.2, 0.1]
+    return np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1).astype(np.float32)
