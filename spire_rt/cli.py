@@ -7,6 +7,7 @@ User errors end with one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import os
 import platform
@@ -20,6 +21,8 @@ from .imageio import IMAGE_SUFFIXES, check_output_path, load_image, merge_image,
 from .prompts import PromptError
 
 EXIT_USAGE = 2
+# Modules with `register(subparsers)` that add a sub-command whose parser sets `run=function(args) -> int`.
+PLUGGED_COMMANDS: tuple[str, ...] = ()
 
 OPTION_HELP = {
     "restore": "restoration prompt, e.g. 'Deblur with sigma 1.5; Denoise with sigma 0.06'",
@@ -75,7 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     degrade.add_argument("--grey-noise", action="store_true", help="the same noise on every channel")
     degrade.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
-    commands.add_parser("info", help="versions, devices and usable backends")
+    info = commands.add_parser("info", help="versions, devices and usable backends")
+    restore.set_defaults(run=run_restore)
+    degrade.set_defaults(run=run_degrade)
+    info.set_defaults(run=run_info)
+
+    # Commands that live beside their subsystem (export, bench, train, eval) register themselves here.
+    for module_name in PLUGGED_COMMANDS:
+        importlib.import_module(module_name).register(commands)
     return parser
 
 
@@ -83,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"restore": run_restore, "degrade": run_degrade, "info": run_info}[args.command](args)
+        return args.run(args)
     except (SpireError, PromptError) as error:
         print(f"spire-rt: error: {error}", file=sys.stderr)
         return EXIT_USAGE
