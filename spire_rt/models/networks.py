@@ -53,7 +53,9 @@ class TextEncoderNet(nn.Module):
             return self.text_encoder(input_ids, return_dict=False)[0]
         # SD 2.x style: the penultimate layer, through the final layer norm (as diffusers' clip_skip=1 does).
         hidden_states = self.text_encoder(input_ids, output_hidden_states=True, return_dict=True).hidden_states
-        return self.text_encoder.text_model.final_layer_norm(hidden_states[-2])
+        # transformers 4 nests the layers under .text_model; 5 does not.
+        text_model = getattr(self.text_encoder, "text_model", self.text_encoder)
+        return text_model.final_layer_norm(hidden_states[-2])
 
 
 class DenoiserNet(nn.Module):

@@ -18,10 +18,10 @@ def test_fresh_adaptor_copies_encoder_and_modulates_nothing(tiny_model):
     assert torch.equal(adaptor.conv_in.weight[:, :latent], unet.conv_in.weight)
     assert adaptor.conv_in.weight[:, latent:].abs().max() == 0
 
-    sample = torch.randn(1, 4, 16, 16)
+    sample = torch.randn(1, latent, 16, 16)
     width = tiny_model.text_encoder.config.hidden_size
     with torch.no_grad():
-        modulations = adaptor(sample, torch.tensor([10]), torch.randn(1, 4, 16, 16), torch.randn(1, 77, width))
+        modulations = adaptor(sample, torch.tensor([10]), torch.randn(1, latent, 16, 16), torch.randn(1, 77, width))
     assert len(modulations) == adaptor.num_modulations
     assert all(m.abs().max() == 0 for m in modulations)
 
@@ -32,11 +32,12 @@ def test_adaptor_encoder_features_equal_unet_with_zero_condition(tiny_model):
     captured = {"unet": [], "adaptor": []}
     hooks = [unet.mid_block.register_forward_hook(lambda m, i, out: captured["unet"].append(out)),
              adaptor.mid_block.register_forward_hook(lambda m, i, out: captured["adaptor"].append(out))]
-    sample = torch.randn(1, 4, 16, 16)
+    latent = tiny_model.latent_channels
+    sample = torch.randn(1, latent, 16, 16)
     embeddings = torch.randn(1, 77, tiny_model.text_encoder.config.hidden_size)
     with torch.no_grad():
         unet(sample, torch.tensor([500]), embeddings)
-        adaptor(sample, torch.tensor([500]), torch.randn(1, 4, 16, 16), embeddings)
+        adaptor(sample, torch.tensor([500]), torch.randn(1, latent, 16, 16), embeddings)
     for hook in hooks:
         hook.remove()
     torch.testing.assert_close(captured["adaptor"][0], captured["unet"][0], atol=1e-5, rtol=0)

@@ -11,8 +11,9 @@ from spire_rt.models.adaptor import skip_channels
 
 def inputs(model, batch=1, size=16, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    sample = torch.randn(batch, 4, size, size, generator=generator)
-    condition = torch.randn(batch, 4, size, size, generator=generator)
+    channels = model.latent_channels
+    sample = torch.randn(batch, channels, size, size, generator=generator)
+    condition = torch.randn(batch, channels, size, size, generator=generator)
     width = model.text_encoder.config.hidden_size
     embeddings = torch.randn(batch, 77, width, generator=generator)
     restore = torch.randn(batch, 77, width, generator=generator)

@@ -1,0 +1,154 @@
+"""The restoration pipeline: determinism, sizes, image kinds, caching, guidance batching, and a diffusers oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+
+from spire_rt.backends.torch_backend import TorchBackend
+from spire_rt.errors import OptionError
+from spire_rt.pipeline import Restorer, pad_to_multiple
+from spire_rt.prompts import PromptError
+
+
+@pytest.fixture(scope="module")
+def restorer():
+    from spire_rt.models import build_preset
+
+    model = build_preset("tiny")
+    return Restorer(model, TorchBackend(model))
+
+
+@pytest.fixture()
+def image(photo_like):
+    return Image.fromarray(np.round(photo_like * 255).astype(np.uint8))
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float64)
+
+
+def test_same_seed_same_image_and_different_seed_different(restorer, image):
+    first = restorer(image, seed=7, steps=2)
+    second = restorer(image, seed=7, steps=2)
+    third = restorer(image, seed=8, steps=2)
+    assert np.array_equal(pixels(first), pixels(second))
+    assert np.abs(pixels(first) - pixels(third)).mean() > 1.0
+
+
+def test_output_size_follows_input_and_upsample(restorer):
+    odd = Image.fromarray(np.full((37, 53, 3), 128, np.uint8))
+    assert restorer(odd, seed=0, steps=1).size == (53, 37)
+    assert restorer.last_run.padded_size == (48, 64)
+    upsampled = restorer(odd, seed=0, steps=1, restore="Upsample to 2.5x; Denoise with sigma 0.05")
+    assert upsampled.size == (round(53 * 2.5), round(37 * 2.5))
+    assert restorer.last_run.options.restore == "Upsample to 2.5x; Denoise with sigma 0.05"
+
+
+def test_grey_alpha_and_16_bit_inputs_keep_their_kind(restorer):
+    grey = Image.fromarray(np.linspace(0, 255, 32 * 40).reshape(32, 40).astype(np.uint8), "L")
+    assert restorer(grey, seed=0, steps=1).mode == "L"
+
+    rgba = np.full((32, 40, 4), 100, np.uint8)
+    rgba[:, :20, 3] = 0
+    rgba[:, 20:, 3] = 255
+    restored = restorer(Image.fromarray(rgba, "RGBA"), seed=0, steps=1)
+    assert restored.mode == "RGBA"
+    alpha = np.asarray(restored)[:, :, 3]
+    assert alpha[:, :18].max() <= 5 and alpha[:, 22:].min() >= 250  # carried through, not restored
+
+    deep = Image.fromarray((np.arange(32 * 40).reshape(32, 40) * 40).astype(np.uint16))
+    assert restorer(deep, seed=0, steps=1).mode in ("I;16", "I")
+
+
+def test_prompt_embeddings_are_cached(restorer, image):
+    restorer(image, seed=0, steps=1, restore="Deblur with sigma 1.5", prompt="a cat")
+    before = restorer.prompts.encoded_count
+    restorer(image, seed=1, steps=1, restore="deblur  with sigma 1.50.", prompt="a cat")
+    assert restorer.prompts.encoded_count == before
+
+
+def test_guided_step_runs_adaptor_once_at_batch_1_and_unet_at_batch_2(restorer, image):
+    batches = {"adaptor": [], "unet": []}
+    hooks = [
+        restorer.model.controlnet.conv_in.register_forward_hook(
+            lambda m, i, out: batches["adaptor"].append(out.shape[0])),
+        restorer.model.unet.conv_in.register_forward_hook(lambda m, i, out: batches["unet"].append(out.shape[0])),
+    ]
+    try:
+        restorer(image, seed=0, steps=3, prompt="a red square", guidance=5.0)
+        guided = dict(batches)
+        batches.update(adaptor=[], unet=[])
+        restorer(image, seed=0, steps=3, prompt="")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert guided == {"adaptor": [1, 1, 1], "unet": [2, 2, 2]}
+    assert batches == {"adaptor": [1, 1, 1], "unet": [1, 1, 1]}
+
+
+def test_strength_below_one_starts_later_in_the_schedule(restorer, image):
+    restorer(image, seed=0, steps=4, strength=0.5)
+    assert restorer.last_run.timesteps == [499, 374, 249, 124]
+    assert set(restorer.last_run.timings) >= {"validate", "encode_prompts", "prepare_latents", "denoise",
+                                              "decode", "postprocess", "total"}
+
+
+@pytest.mark.parametrize("options, error", [
+    ({"steps": 0}, OptionError),
+    ({"sampler": "euler"}, OptionError),
+    ({"strength": 1.5}, OptionError),
+    ({"color_fix": "magic"}, OptionError),
+    ({"guidance": float("nan")}, OptionError),
+    ({"restore": "Deblur with sigma"}, PromptError),
+    ({"restore": "Denoise with sigma 0.9"}, PromptError),
+])
+def test_bad_options_are_clear_errors(restorer, image, options, error):
+    with pytest.raises(error):
+        restorer(image, **options)
+
+
+def test_unknown_option_is_a_type_error(restorer, image):
+    with pytest.raises(TypeError, match="stepz"):
+        restorer(image, stepz=3)
+
+
+def test_pipeline_matches_plain_diffusers_loop(image):
+    """Adaptor strength 0, no colour fix: the pipeline is DDIM over diffusers' own UNet, scheduler and VAE."""
+    from spire_rt.models import build_preset
+
+    model = build_preset("tiny")
+    restorer = Restorer(model, TorchBackend(model))
+    ours = restorer(image, seed=3, steps=4, sampler="ddim", adaptor_strength=0.0, color_fix="none")
+
+    height, width = restorer.last_run.padded_size
+    factor = model.vae_scale_factor
+    noise = torch.randn((1, model.latent_channels, height // factor, width // factor),
+                        generator=torch.Generator().manual_seed(3))
+    scheduler = DDIMScheduler(**{k: v for k, v in model.scheduler_config.items() if not k.startswith("_")},
+                              timestep_spacing="trailing")
+    scheduler.register_to_config(set_alpha_to_one=True)
+    scheduler = DDIMScheduler.from_config(scheduler.config)
+    scheduler.set_timesteps(4)
+    ids = model.tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        embeddings = model.text_encoder(ids)[0]
+        latent = noise
+        for t in scheduler.timesteps:
+            latent = scheduler.step(model.unet(latent, t, embeddings).sample, t, latent).prev_sample
+        decoded = model.vae.decode(latent / model.vae.config.scaling_factor).sample
+    reference = ((decoded[0, :, :64, :80] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()
+    difference = np.abs(pixels(ours) / 255 - reference)
+    assert difference.max() <= 1 / 255 + 1e-4  # equal up to the 8-bit rounding of the output
+
+
+def test_pad_to_multiple_reflects_or_repeats():
+    image = torch.arange(12.0).reshape(1, 1, 3, 4)
+    padded = pad_to_multiple(image, 4)
+    assert padded.shape == (1, 1, 4, 4)
+    assert torch.equal(padded[0, 0, 3], image[0, 0, 1])  # reflected row
+    tiny = pad_to_multiple(torch.ones(1, 1, 1, 1), 16)
+    assert tiny.shape == (1, 1, 16, 16)
