@@ -22,7 +22,7 @@ from .prompts import PromptError
 
 EXIT_USAGE = 2
 # Modules with `register(subparsers)` that add a sub-command whose parser sets `run=function(args) -> int`.
-PLUGGED_COMMANDS: tuple[str, ...] = ()
+PLUGGED_COMMANDS: tuple[str, ...] = ("spire_rt.training.cli",)
 
 OPTION_HELP = {
     "restore": "restoration prompt, e.g. 'Deblur with sigma 1.5; Denoise with sigma 0.06'",
@@ -32,7 +32,7 @@ OPTION_HELP = {
     "guidance": "classifier-free guidance scale on the semantic prompt (used when --prompt is given)",
     "strength": "start from the degraded image noised to this fraction of the schedule (1: pure noise)",
     "adaptor_strength": "scale s of the adaptor's modulation (0: the frozen prior alone)",
-    "seed": "random seed (default: a fresh one each image)",
+    "seed": "random seed (None: a fresh one for each image)",
     "color_fix": "colour correction against the input",
 }
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     restore.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     restore.add_argument("-o", "--output", required=True,
-                         help="output image file (one input) or folder (created if missing)")
+                         help="output image file (one input; .png, .jpg, .webp) or folder (created if missing)")
     choices = {"sampler": list(SAMPLERS), "color_fix": list(COLOR_FIXES)}
     for field in fields(RestoreOptions):
         flag = "--" + field.name.replace("_", "-")
@@ -120,11 +120,12 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 def plan_outputs(inputs: list[Path], output: str, overwrite: bool) -> list[Path]:
     """Decide every output path, and refuse, before any work is done."""
     output = Path(output)
-    single_file = len(inputs) == 1 and output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
-    if single_file:
+    # A path with a suffix names a file (checked for a known format); one without names a folder.
+    names_file = bool(output.suffix) and not output.is_dir()
+    if names_file and len(inputs) == 1:
         return [check_output_path(output, overwrite)]
-    if output.exists() and not output.is_dir():
-        raise ImageError(f"{output}: several inputs need an output folder, and this is a file")
+    if names_file or (output.exists() and not output.is_dir()):
+        raise ImageError(f"{output}: {len(inputs)} inputs need an output folder, not a file")
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
