@@ -22,7 +22,7 @@ from .prompts import PromptError
 
 EXIT_USAGE = 2
 # Modules with `register(subparsers)` that add a sub-command whose parser sets `run=function(args) -> int`.
-PLUGGED_COMMANDS: tuple[str, ...] = ()
+PLUGGED_COMMANDS: tuple[str, ...] = ("spire_rt.training.cli", "spire_rt.evaluation.cli")
 
 OPTION_HELP = {
     "restore": "restoration prompt, e.g. 'Deblur with sigma 1.5; Denoise with sigma 0.06'",

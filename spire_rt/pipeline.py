@@ -35,7 +35,7 @@ class RestoreOptions:
 
     restore: str = BLIND_PROMPT  # the restoration prompt (SPIRE.md grammar)
     prompt: str = ""  # the semantic prompt: what the picture shows
-    steps: int = 4  # sampler steps (a few-step trailing schedule)
+    steps: int = 1  # sampler steps (a few-step trailing schedule; the shipped tiny model is best at 1)
     sampler: str = "dpmpp_2m"  # one of sampling.SAMPLERS
     guidance: float = 4.0  # classifier-free guidance on the semantic prompt; used only when it is non-empty
     strength: float = 1.0  # < 1 starts from the degraded latent noised to strength*T (SDEdit-style)

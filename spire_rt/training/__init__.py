@@ -1,0 +1,1 @@
+"""Training the project's own SPIRE model (`spire-rt train`): offline data and the staged recipe."""

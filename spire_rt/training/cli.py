@@ -1,0 +1,58 @@
+"""`spire-rt train`: one stage of the spire-tiny recipe (see recipe.py), and `--stage ship` to package it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..models.spire_model import SHIPPED_WEIGHTS
+
+SHIP_STAGE = "ship"
+
+
+def register(commands) -> None:
+    from .recipe import STAGES
+
+    parser = commands.add_parser("train", help="train a stage of the spire-tiny recipe (vae, prior, adaptor)")
+    parser.add_argument("--preset", default="tiny", help="architecture preset (default tiny)")
+    parser.add_argument("--stage", required=True, choices=(*STAGES, SHIP_STAGE),
+                        help="vae, then prior, then adaptor (each reads the folders the previous one wrote "
+                             "in --out); ship writes OUT/model as fp16 into --ship-to")
+    parser.add_argument("--out", required=True, help="run folder shared by the stages")
+    parser.add_argument("--steps", type=int, help="stop after this many steps")
+    parser.add_argument("--minutes", type=float, help="stop after this many minutes of training")
+    parser.add_argument("--batch", type=int, help="batch size (default per stage)")
+    parser.add_argument("--crop", type=int, help="training crop side in pixels (default per stage)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default per stage)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--resume", action="store_true", help="carry on from OUT/<stage>.ckpt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--leaves", type=int, default=128, help="procedural dead-leaves images in the data pool")
+    parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    parser.add_argument("--eval-minutes", type=float, default=6.0,
+                        help="adaptor: measure the held-out gain this often (0: never)")
+    parser.add_argument("--ship-to", default=str(SHIPPED_WEIGHTS / "tiny"), help="ship: target folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run_train)
+
+
+def run_train(args) -> int:
+    import json
+
+    from ..models.presets import get_preset
+    from .recipe import StageConfig, run_stage
+
+    if args.stage == SHIP_STAGE:
+        from .ship import ship_fp16
+
+        target = ship_fp16(Path(args.out) / "model", Path(args.ship_to))
+        print(f"shipped {Path(args.out) / 'model'} -> {target}")
+        return 0
+    config = StageConfig(stage=args.stage, out=Path(args.out), steps=args.steps, minutes=args.minutes,
+                         batch=args.batch, crop=args.crop, lr=args.lr, device=args.device, resume=args.resume,
+                         seed=args.seed, threads=args.threads, checkpoint_minutes=args.checkpoint_minutes,
+                         eval_minutes=args.eval_minutes, leaves=args.leaves,
+                         quiet=args.quiet)
+    record = run_stage(config, get_preset(args.preset))
+    print(json.dumps(record))
+    return 0

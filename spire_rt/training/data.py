@@ -1,0 +1,167 @@
+"""Training data, offline: scikit-image's bundled photographs plus procedural dead-leaves images.
+
+    images = TrainingImages.load(rng)            # the skimage photos (minus HELD_OUT) and a dead-leaves pool
+    clean = images.crops(rng, batch=16, size=96) # [B, 3, size, size] in [0, 1], random crops and flips
+    y, prompts = degraded_pairs(clean, rng)      # SPIRE's two-stage degradation, y resized back to the clean size
+
+Dead leaves (Matheron 1968; Lee, Mumford & Huang 2001, "Occlusion models for natural images"): opaque discs
+dropped front to back with a power-law radius density p(r) ~ r^-3, which gives the scale invariance and the
+1/f^2 power spectrum of natural images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..degrade import degrade
+from ..prompts import BLIND_PROMPT
+
+# Held out for evaluation (chelsea is the README's example image, so it must never be trained on).
+HELD_OUT = ("astronaut", "chelsea", "coffee", "rocket")
+# The photographic images of skimage.data (grey ones are expanded to RGB); synthetic charts, binary shapes and
+# the deliberately motion-blurred clock are left out.
+TRAIN_IMAGES = ("brick", "camera", "cell", "coins", "color", "grass", "gravel", "hubble_deep_field", "ihc",
+                "moon", "motorcycle_left", "motorcycle_right", "page", "retina", "text")
+BLIND_RATE = 0.2  # how often the restoration prompt is replaced by "Remove all degradation"
+
+
+def skimage_data_dir() -> Path:
+    import skimage
+
+    return Path(skimage.__file__).resolve().parent / "data"
+
+
+def load_skimage_image(name: str) -> np.ndarray:
+    """One bundled image as float32 H x W x 3 in [0, 1]."""
+    folder = skimage_data_dir()
+    matches = [p for p in folder.iterdir() if p.stem == name and p.suffix.lower() in (".png", ".jpg")]
+    if not matches:
+        raise FileNotFoundError(f"skimage.data has no image named {name!r} in {folder}")
+    with Image.open(matches[0]) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return pixels
+
+
+def dead_leaves(rng: np.random.Generator, size: int = 256, r_min: float = 1.5, r_max: float = 80.0,
+                max_discs: int = 20000) -> np.ndarray:
+    """A dead-leaves image, float32 size x size x 3: discs painted front to back until the canvas is covered."""
+    image = np.zeros((size, size, 3), np.float32)
+    free = np.ones((size, size), bool)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    # Inverse-CDF draw from p(r) ~ r^-3 on [r_min, r_max].
+    u = rng.random(max_discs)
+    radii = (r_min**-2 - u * (r_min**-2 - r_max**-2)) ** -0.5
+    base = rng.random((max_discs, 3)).astype(np.float32) ** 1.5
+    grey = rng.random(max_discs) < 0.3
+    base[grey] = base[grey, :1]
+    for index in range(max_discs):
+        r = radii[index]
+        cy, cx = rng.uniform(-r, size + r, 2)
+        y0, y1 = max(0, int(cy - r)), min(size, int(cy + r) + 1)
+        x0, x1 = max(0, int(cx - r)), min(size, int(cx + r) + 1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        mask = ((yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= r * r) & free[y0:y1, x0:x1]
+        if not mask.any():
+            continue
+        colour = base[index]
+        texture = rng.random()
+        if texture < 0.3:  # a linear shading across the disc
+            angle = rng.uniform(0, 2 * np.pi)
+            ramp = ((yy[y0:y1, x0:x1] - cy) * np.sin(angle) + (xx[y0:y1, x0:x1] - cx) * np.cos(angle)) / r
+            patch = colour + 0.15 * ramp[..., None]
+        elif texture < 0.45:  # stripes
+            angle, period = rng.uniform(0, 2 * np.pi), rng.uniform(3, 12)
+            phase = (yy[y0:y1, x0:x1] * np.sin(angle) + xx[y0:y1, x0:x1] * np.cos(angle)) * 2 * np.pi / period
+            patch = colour + 0.12 * np.sin(phase)[..., None]
+        else:
+            patch = np.broadcast_to(colour, (*mask.shape, 3))
+        image[y0:y1, x0:x1][mask] = patch[mask]
+        free[y0:y1, x0:x1] &= ~mask
+        if index % 64 == 0 and not free.any():
+            break
+    image[free] = rng.random(3)
+    if rng.random() < 0.5:  # real photographs are rarely pixel-sharp
+        from scipy.ndimage import gaussian_filter
+
+        image = gaussian_filter(image, sigma=(rng.uniform(0.3, 1.0),) * 2 + (0,))
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
+def dead_leaves_pool(count: int, seed: int = 0, size: int = 256, cache: str | Path | None = None) -> np.ndarray:
+    """`count` dead-leaves images [N, size, size, 3], cached as .npy (generation takes a few ms each)."""
+    if cache is not None:
+        cache = Path(cache) / f"dead_leaves_{count}_{seed}_{size}.npy"
+        if cache.exists():
+            return np.load(cache)
+    rng = np.random.default_rng(seed)
+    pool = np.stack([dead_leaves(rng, size) for _ in range(count)])
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, pool)
+    return pool
+
+
+class TrainingImages:
+    """The training photographs and dead-leaves images; draws random crops with flips and 90-degree turns."""
+
+    def __init__(self, photos: list[np.ndarray], leaves: np.ndarray, photo_rate: float = 0.6):
+        self.photos = photos
+        self.leaves = leaves
+        self.photo_rate = photo_rate
+
+    @classmethod
+    def load(cls, leaves: int = 256, seed: int = 0, cache: str | Path | None = None) -> TrainingImages:
+        photos = [load_skimage_image(name) for name in TRAIN_IMAGES]
+        cache = cache if cache is not None else os.environ.get("SPIRE_DATA_CACHE")
+        return cls(photos, dead_leaves_pool(leaves, seed, cache=cache) if leaves else np.zeros((0, 1, 1, 3)))
+
+    def crop(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        use_photo = len(self.leaves) == 0 or rng.random() < self.photo_rate
+        if use_photo:
+            image = self.photos[rng.integers(len(self.photos))]
+            # A random zoom-out (area average) adds scale variety and averages away the source's own noise.
+            zoom = rng.uniform(1.0, 2.0) if min(image.shape[:2]) >= 2 * size else 1.0
+            if zoom > 1.0:
+                side = int(size * zoom)
+                y0, x0 = rng.integers(0, image.shape[0] - side + 1), rng.integers(0, image.shape[1] - side + 1)
+                patch = Image.fromarray(np.round(image[y0:y0 + side, x0:x0 + side] * 255).astype(np.uint8))
+                image = np.asarray(patch.resize((size, size), Image.Resampling.BOX), np.float32) / 255.0
+        else:
+            image = self.leaves[rng.integers(len(self.leaves))]
+        y0, x0 = rng.integers(0, image.shape[0] - size + 1), rng.integers(0, image.shape[1] - size + 1)
+        patch = image[y0:y0 + size, x0:x0 + size]
+        if rng.random() < 0.5:
+            patch = patch[:, ::-1]
+        patch = np.rot90(patch, k=int(rng.integers(4)))
+        return np.ascontiguousarray(patch, dtype=np.float32)
+
+    def crops(self, rng: np.random.Generator, batch: int, size: int) -> torch.Tensor:
+        """[batch, 3, size, size] in [0, 1]."""
+        return torch.from_numpy(np.stack([self.crop(rng, size) for _ in range(batch)])).permute(0, 3, 1, 2)
+
+
+def degraded_pair(clean: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    """y at the clean image's size (as the pipeline resizes y to the output size) and its restoration prompt."""
+    from ..pipeline import resize
+
+    degraded, params = degrade(clean, seed=seed)
+    y = torch.from_numpy(degraded).permute(2, 0, 1)[None]
+    y = resize(y, clean.shape[:2])[0].permute(1, 2, 0).numpy()
+    return y, str(params.prompt())
+
+
+def degraded_pairs(clean: torch.Tensor, rng: np.random.Generator,
+                   blind_rate: float = BLIND_RATE) -> tuple[torch.Tensor, list[str]]:
+    """Degrade each image of `clean` [B, 3, H, W]; the prompt is the blind one with probability `blind_rate`."""
+    ys, prompts = [], []
+    for image in clean.permute(0, 2, 3, 1).numpy():
+        y, prompt = degraded_pair(image, seed=int(rng.integers(2**31)))
+        ys.append(y)
+        prompts.append(BLIND_PROMPT if rng.random() < blind_rate else prompt)
+    return torch.from_numpy(np.stack(ys)).permute(0, 3, 1, 2).contiguous(), prompts

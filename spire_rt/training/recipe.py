@@ -1,0 +1,445 @@
+"""The spire-tiny training recipe: SPIRE's two-part scheme at small scale, one stage at a time.
+
+    vae      AutoencoderKL on clean crops: L1 + L1 of image gradients + a small KL     -> RUN/vae/
+    prior    the UNet, unconditional (semantic prompt always ""), v-prediction on latents -> RUN/unet/, RUN/text_encoder/
+    adaptor  VAE and UNet frozen; the modulated adaptor and the text encoder learn the restoration prompt
+             on pairs from spire_rt.degrade (20% "Remove all degradation")               -> RUN/model/ (a SPIRE folder)
+
+Each stage reads the folders the previous one wrote, checkpoints to RUN/<stage>.ckpt every few minutes (model,
+optimiser, step, RNG states, so --resume carries on), and logs JSON lines to RUN/<stage>.jsonl. A stage stops at
+--steps or --minutes, whichever comes first; its folder is rewritten at every checkpoint, so a stage cut short
+still leaves something the next one can read. The learning rate follows a cosine over the run's budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from ..errors import SpireError
+from ..models.adaptor import init_adaptor_from_unet
+from ..models.modulated_unet import unet_forward_modulated
+from ..models.networks import TextEncoderNet, VaeEncoderNet
+from ..models.presets import Preset, get_preset
+from ..models.spire_model import SpireModel, load_component
+from ..models.tokenizer import MAX_LENGTH, build_grammar_tokenizer
+from ..sampling import NoiseSchedule
+from .data import HELD_OUT, TrainingImages, degraded_pairs, load_skimage_image
+
+STAGES = ("vae", "prior", "adaptor")
+
+
+@dataclass
+class StageConfig:
+    stage: str
+    out: Path
+    steps: int | None = None
+    minutes: float | None = None
+    batch: int | None = None  # None: the stage's default (STAGE_DEFAULTS)
+    crop: int | None = None
+    lr: float | None = None
+    device: str = "cpu"
+    resume: bool = False
+    seed: int = 0
+    threads: int = 2
+    checkpoint_minutes: float = 4.0
+    eval_minutes: float = 6.0  # adaptor: how often the held-out gain is measured (0: never)
+    log_every: int = 10
+    leaves: int = 128  # dead-leaves images in the pool
+    warmup: int = 50  # steps of linear learning-rate warm-up
+    quiet: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+# Sized for 2 busy CPU cores (about 1 s per step); on a GPU raise --batch and --crop.
+STAGE_DEFAULTS = {
+    "vae": {"batch": 8, "crop": 64, "lr": 1e-3},
+    "prior": {"batch": 8, "crop": 64, "lr": 8e-4},
+    "adaptor": {"batch": 8, "crop": 64, "lr": 5e-4},
+}
+KL_WEIGHT = 1e-5  # per latent element; keeps the posterior near N(0, 1) without blurring the reconstruction
+# Adaptor: the share of timesteps drawn from the top HIGH_T_SPAN of the schedule, where few-step sampling starts
+# (one step evaluates t = T-1 only); the rest are uniform, so more steps still work.
+HIGH_T_RATE = 0.7
+HIGH_T_SPAN = 0.1
+
+
+def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
+    """Train one stage; returns its last log record."""
+    if config.stage not in STAGES:
+        raise SpireError(f"unknown stage {config.stage!r}; use one of {', '.join(STAGES)}")
+    defaults = STAGE_DEFAULTS[config.stage]
+    config = replace(config, out=Path(config.out),
+                     **{k: getattr(config, k) if getattr(config, k) is not None else v for k, v in defaults.items()})
+    if config.steps is None and config.minutes is None:
+        raise SpireError("give --steps or --minutes (or both: the stage stops at whichever comes first)")
+    preset = preset or get_preset("tiny")
+    torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpireError("--device cuda: no CUDA device is available")
+    config.out.mkdir(parents=True, exist_ok=True)
+    trainer = {"vae": VaeStage, "prior": PriorStage, "adaptor": AdaptorStage}[config.stage](config, preset, device)
+    return trainer.train()
+
+
+class Stage:
+    """The loop every stage shares: budget, cosine LR, checkpoints, resume, logs, progress bar."""
+
+    name = ""
+
+    def __init__(self, config: StageConfig, preset: Preset, device: torch.device):
+        self.config = config
+        self.preset = preset
+        self.device = device
+        self.out = config.out
+        seed_everything(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.images = TrainingImages.load(leaves=config.leaves, seed=config.seed, cache=self.out / "cache")
+        self.step = 0
+        self.elapsed_before = 0.0  # training seconds spent by earlier runs of this stage (resume)
+        self.build()
+        self.optimizer = torch.optim.AdamW(self.parameters(), lr=config.lr, weight_decay=0.0)
+        self.checkpoint_path = self.out / f"{self.name}.ckpt"
+        self.log_path = self.out / f"{self.name}.jsonl"
+        if config.resume:
+            self.load_checkpoint()
+
+    # --- what each stage provides -----------------------------------------------------------------------------
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        raise NotImplementedError
+
+    def loss(self) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def trainable(self) -> dict[str, torch.nn.Module]:
+        raise NotImplementedError
+
+    def export(self) -> None:
+        """Write this stage's output folder(s) from the current weights."""
+        raise NotImplementedError
+
+    def evaluate(self) -> dict:
+        return {}
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        from tqdm import tqdm
+
+        config = self.config
+        budget_s = config.minutes * 60 if config.minutes is not None else math.inf
+        start_step = self.step
+        started = last_checkpoint = last_eval = time.perf_counter()
+        total = config.steps if config.steps is not None else None
+        bar = tqdm(total=total, initial=0, desc=self.name, unit="step", disable=config.quiet, mininterval=5)
+        record: dict = {}
+        running: list[float] = []
+        for module in self.trainable().values():
+            module.train()
+        while True:
+            run_s = time.perf_counter() - started
+            done = self.step - start_step
+            if (config.steps is not None and done >= config.steps) or run_s >= budget_s:
+                break
+            fraction = max(done / config.steps if config.steps else 0.0, run_s / budget_s)
+            lr = cosine_lr(config.lr, fraction, done, config.warmup)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, metrics = self.loss()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0)
+            self.optimizer.step()
+            self.step += 1
+            running.append(loss.item())
+            bar.update(1)
+            if self.step % config.log_every == 0:
+                record = {"stage": self.name, "step": self.step, "loss": float(np.mean(running)), "lr": lr,
+                          "grad_norm": float(grad_norm), "elapsed_s": round(self.elapsed(started), 1),
+                          **{k: float(v) for k, v in metrics.items()}}
+                running = []
+                self.log(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+            now = time.perf_counter()
+            if config.eval_minutes and now - last_eval >= config.eval_minutes * 60:
+                self.log({"stage": self.name, "step": self.step, "elapsed_s": round(self.elapsed(started), 1),
+                          "eval": self.evaluate()})
+                for module in self.trainable().values():
+                    module.train()
+                last_eval = time.perf_counter()
+            if now - last_checkpoint >= config.checkpoint_minutes * 60:
+                self.save_checkpoint(started)
+                last_checkpoint = time.perf_counter()
+        bar.close()
+        self.save_checkpoint(started)
+        final = {"stage": self.name, "step": self.step, "elapsed_s": round(self.elapsed(started), 1),
+                 "final": True}
+        if config.eval_minutes:
+            final["eval"] = self.evaluate()
+        self.log(final)
+        return {**record, **final}
+
+    def elapsed(self, started: float) -> float:
+        return self.elapsed_before + time.perf_counter() - started
+
+    def log(self, record: dict) -> None:
+        with self.log_path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self, started: float) -> None:
+        state = {
+            "step": self.step,
+            "elapsed_s": self.elapsed(started),
+            "modules": {name: module.state_dict() for name, module in self.trainable().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
+        }
+        partial = self.checkpoint_path.with_suffix(".ckpt.partial")
+        torch.save(state, partial)
+        partial.replace(self.checkpoint_path)
+        self.export()
+
+    def load_checkpoint(self) -> None:
+        if not self.checkpoint_path.exists():
+            raise SpireError(f"--resume: no checkpoint at {self.checkpoint_path}")
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        for name, module in self.trainable().items():
+            module.load_state_dict(state["modules"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.step = state["step"]
+        self.elapsed_before = state["elapsed_s"]
+
+    def clean_batch(self) -> torch.Tensor:
+        return self.images.crops(self.rng, self.config.batch, self.config.crop).to(self.device)
+
+
+class VaeStage(Stage):
+    name = "vae"
+
+    def build(self) -> None:
+        torch.manual_seed(self.config.seed)
+        self.vae = AutoencoderKL(**self.preset.vae).to(self.device)
+
+    def trainable(self):
+        return {"vae": self.vae}
+
+    def parameters(self):
+        return list(self.vae.parameters())
+
+    def loss(self):
+        x = self.clean_batch() * 2 - 1
+        posterior = self.vae.encode(x).latent_dist
+        # Decoding the mean (the posterior's spread is left to the KL term) converges several times faster in a
+        # CPU-sized budget, and the mean is all the runtime ever encodes (networks.VaeEncoderNet).
+        reconstruction = self.vae.decode(posterior.mean).sample
+        l1 = (reconstruction - x).abs().mean()
+        gradient = sum((diff(reconstruction, d) - diff(x, d)).abs().mean() for d in (2, 3))
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        mse = F.mse_loss(reconstruction.clamp(-1, 1), x)
+        psnr = 10 * torch.log10(4 / mse)  # images in [-1, 1]: peak-to-peak 2
+        return l1 + 0.5 * gradient + KL_WEIGHT * kl, {"l1": l1.item(), "kl": kl.item(), "psnr": psnr.item()}
+
+    def export(self) -> None:
+        """The VAE with its scaling factor set so the training latents have unit standard deviation."""
+        self.vae.eval()
+        generator = np.random.default_rng(12345)
+        with torch.no_grad():
+            crops = self.images.crops(generator, 32, 64).to(self.device) * 2 - 1
+            std = float(self.vae.encode(crops).latent_dist.mean.std())
+        self.vae.register_to_config(scaling_factor=round(1.0 / max(std, 1e-3), 5))
+        self.vae.save_pretrained(self.out / "vae", safe_serialization=True)
+        self.vae.train()
+
+
+def diff(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x.narrow(dim, 1, x.shape[dim] - 1) - x.narrow(dim, 0, x.shape[dim] - 1)
+
+
+class LatentStage(Stage):
+    """Shared by the prior and adaptor stages: the frozen VAE, the tokenizer, the noise schedule."""
+
+    def build_common(self) -> None:
+        self.vae = load_component(self.out / "vae", "vae").to(self.device)
+        self.vae_encoder = VaeEncoderNet(self.vae)
+        self.tokenizer = build_grammar_tokenizer()
+        self.tokenizer.model_max_length = min(MAX_LENGTH, self.preset.tokenizer_max_length)
+        self.schedule = NoiseSchedule.from_config(self.preset.scheduler)
+        self.abar = self.schedule.alphas_cumprod.to(self.device, torch.float32)
+
+    def encode_text(self, text_encoder, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return TextEncoderNet(text_encoder, self.preset.text_layer)(ids)
+
+    @torch.no_grad()
+    def latents(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vae_encoder(images * 2 - 1)
+
+    def noised(self, z0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t and the v target (Salimans & Ho 2022): v = alpha_t * eps - sigma_t * x0."""
+        noise = torch.randn_like(z0)
+        abar = self.abar[t].reshape(-1, 1, 1, 1)
+        alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+        return alpha * z0 + sigma * noise, alpha * noise - sigma * z0
+
+    def random_timesteps(self, batch: int, high_rate: float = 0.0, high_span: float = HIGH_T_SPAN) -> torch.Tensor:
+        steps = self.schedule.num_train_timesteps
+        t = torch.randint(0, steps, (batch,))
+        high = torch.rand(batch) < high_rate
+        t[high] = torch.randint(int((1 - high_span) * steps), steps, (int(high.sum()),))
+        return t.to(self.device)
+
+
+class PriorStage(LatentStage):
+    name = "prior"
+
+    def build(self) -> None:
+        self.build_common()
+        tokenizer = self.tokenizer
+        special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                   "pad_token_id": tokenizer.pad_token_id}
+        torch.manual_seed(self.config.seed)
+        self.unet = UNet2DConditionModel(**self.preset.unet).to(self.device)
+        # The text encoder the adaptor stage starts from; here it only encodes the empty semantic prompt.
+        self.text_encoder = CLIPTextModel(CLIPTextConfig(**self.preset.text_encoder, **special)).to(self.device)
+        self.text_encoder.requires_grad_(False)
+        with torch.no_grad():
+            self.empty = self.encode_text(self.text_encoder, [""])
+
+    def trainable(self):
+        return {"unet": self.unet, "text_encoder": self.text_encoder}
+
+    def parameters(self):
+        return list(self.unet.parameters())
+
+    def loss(self):
+        z0 = self.latents(self.clean_batch())
+        t = self.random_timesteps(z0.shape[0])
+        z_t, v = self.noised(z0, t)
+        prediction = self.unet(z_t, t, self.empty.expand(z0.shape[0], -1, -1)).sample
+        return F.mse_loss(prediction, v), {}
+
+    def export(self) -> None:
+        self.unet.save_pretrained(self.out / "unet", safe_serialization=True)
+        self.text_encoder.save_pretrained(self.out / "text_encoder", safe_serialization=True)
+
+
+class AdaptorStage(LatentStage):
+    name = "adaptor"
+
+    def build(self) -> None:
+        self.build_common()
+        self.unet = load_component(self.out / "unet", "unet").to(self.device)  # frozen, eval
+        self.text_encoder = load_component(self.out / "text_encoder", "text_encoder").to(self.device)
+        self.text_encoder.requires_grad_(True)
+        self.adaptor = init_adaptor_from_unet(self.unet).to(self.device)
+        self.adaptor.requires_grad_(True)
+        self.strength = torch.ones(1, device=self.device)
+        self.tracking = tracking_images()
+
+    def trainable(self):
+        return {"adaptor": self.adaptor, "text_encoder": self.text_encoder}
+
+    def parameters(self):
+        return list(self.adaptor.parameters()) + list(self.text_encoder.parameters())
+
+    def loss(self):
+        clean = self.clean_batch()
+        y, prompts = degraded_pairs(clean.cpu(), self.rng)
+        z0, y_latent = self.latents(clean), self.latents(y.to(self.device))
+        t = self.random_timesteps(z0.shape[0], HIGH_T_RATE)
+        z_t, v = self.noised(z0, t)
+        restore = self.encode_text(self.text_encoder, prompts)
+        # The UNet's semantic prompt is "" through the same (trained) encoder, exactly as the pipeline feeds it.
+        semantic = self.encode_text(self.text_encoder, [""]).expand(z0.shape[0], -1, -1)
+        modulations = self.adaptor(z_t, t, y_latent, restore)
+        prediction = unet_forward_modulated(self.unet, z_t, t, semantic, modulations, self.strength)
+        return F.mse_loss(prediction, v), {}
+
+    def model(self) -> SpireModel:
+        return SpireModel(unet=self.unet, controlnet=self.adaptor, vae=self.vae, text_encoder=self.text_encoder,
+                          tokenizer=self.tokenizer, scheduler_config=dict(self.preset.scheduler),
+                          name=self.preset.name, text_layer=self.preset.text_layer, trained=True)
+
+    def export(self) -> None:
+        self.model().save(self.out / "model", overwrite=True)
+
+    def evaluate(self) -> dict:
+        """PSNR gain over the degraded input on held-out crops, through the product's own pipeline."""
+        from ..backends.torch_backend import TorchBackend
+        from ..pipeline import Restorer
+
+        model = self.model()
+        restorer = Restorer(model, TorchBackend(model, device=self.device))
+        results = {}
+        for steps in (1, 4):
+            gains = {}
+            for family, items in self.tracking.items():
+                values = []
+                for clean, degraded, upsampled, prompt in items:
+                    restored = np.asarray(restorer(degraded, restore=prompt, steps=steps, seed=0))
+                    h, w = min(clean.shape[0], restored.shape[0]), min(clean.shape[1], restored.shape[1])
+                    values.append(psnr(clean[:h, :w], restored[:h, :w]) - psnr(clean, upsampled))
+                gains[family] = round(float(np.mean(values)), 3)
+            results[f"gain_db_steps{steps}"] = gains
+        self.adaptor.requires_grad_(True)
+        self.text_encoder.requires_grad_(True)
+        return results
+
+
+def tracking_images(size: int = 128) -> dict[str, list[tuple]]:
+    """Held-out centre crops with fixed degradations, for the gain log: (clean, degraded, degraded at the clean
+    size, prompt); the pipeline itself resizes the degraded image to the prompt's output size."""
+    from ..degrade import degrade, degrade_explicit
+    from ..pipeline import resize
+
+    crops = []
+    for name in HELD_OUT[:2]:
+        image = load_skimage_image(name)
+        y0, x0 = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+        crops.append(image[y0:y0 + size, x0:x0 + size])
+    families = {"denoise_0.10": {"noise": 0.10}, "deblur_2.0": {"blur": 2.0}}
+    items: dict[str, list] = {family: [] for family in (*families, "mixed")}
+    for index, clean in enumerate(crops):
+        for family, kwargs in families.items():
+            degraded, params = degrade_explicit(clean, seed=index, **kwargs)
+            items[family].append((clean, degraded, degraded, str(params.prompt())))
+        degraded, params = degrade(clean, seed=1000 + index)
+        y = resize(torch.from_numpy(degraded).permute(2, 0, 1)[None], clean.shape[:2])
+        items["mixed"].append((clean, degraded, y[0].permute(1, 2, 0).numpy(), str(params.prompt())))
+    return items
+
+
+def psnr(clean: np.ndarray, other: np.ndarray) -> float:
+    other = other.astype(np.float32) / 255.0 if other.dtype == np.uint8 else other.astype(np.float32)
+    mse = float(np.mean((clean.astype(np.float32) - other) ** 2))
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def cosine_lr(base: float, fraction: float, step: int, warmup: int = 50) -> float:
+    """Linear warm-up, then a cosine from `base` down to a tenth of it over the run's budget."""
+    scale = min(1.0, (step + 1) / warmup)
+    return base * scale * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0))))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,90 @@
+"""The benchmark's cases, baselines, table and the eval command, on a random tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from spire_rt.evaluation import benchmark
+from spire_rt.evaluation.metrics import psnr
+
+
+@pytest.fixture(scope="module")
+def photo():
+    from spire_rt.training.data import load_skimage_image
+
+    return load_skimage_image("coffee")
+
+
+def test_cases_are_centre_crops_with_their_prompts(photo):
+    cases = benchmark.build_cases({"coffee": photo}, seed=0)
+    by_family = {case.family: case for case in cases}
+    assert set(by_family) == set(benchmark.FAMILIES)
+    assert all(case.clean.shape == (256, 256, 3) and case.upsampled.shape == (256, 256, 3) for case in cases)
+    assert by_family["denoise_0.10"].prompt == "Denoise with sigma 0.10"
+    assert by_family["deblur_2.0"].prompt == "Deblur with sigma 2.0"
+    assert by_family["dejpeg_20"].prompt == "Dejpeg with quality 20"
+    assert by_family["upsample_2x"].prompt == "Upsample to 2x"
+    assert by_family["upsample_2x"].model_input.shape == (128, 128, 3)
+    assert by_family["mixed_blind"].prompt == "Remove all degradation"
+    assert np.array_equal(by_family["mixed_blind"].model_input, by_family["mixed"].upsampled)
+    again = benchmark.build_cases({"coffee": photo}, seed=0)
+    assert all(np.array_equal(a.model_input, b.model_input) for a, b in zip(cases, again))
+
+
+@pytest.mark.parametrize("family", ["denoise_0.10", "deblur_2.0", "dejpeg_20"])
+def test_classical_baselines_improve_on_the_input(photo, family):
+    case = next(c for c in benchmark.build_cases({"coffee": photo}, families=(family,)))
+    restored = benchmark.classical_baseline(case)
+    assert restored.shape == case.clean.shape
+    assert psnr(case.clean, restored) > psnr(case.clean, case.upsampled)
+
+
+def test_summary_and_table():
+    records = [{"image": "a", "family": "f", "prompt": "p",
+                "degraded": {"psnr": 20.0, "ssim": 0.5}, "baseline": {"psnr": 22.0, "ssim": 0.6},
+                "model": {"psnr": 26.0, "ssim": 0.8}},
+               {"image": "b", "family": "f", "prompt": "p",
+                "degraded": {"psnr": 22.0, "ssim": 0.7}, "baseline": {"psnr": 23.0, "ssim": 0.7},
+                "model": {"psnr": 25.0, "ssim": 0.9}}]
+    summary = benchmark.summarise(records)
+    assert summary["f"]["model_gain_db"] == pytest.approx(4.5)
+    assert summary["f"]["model_minus_baseline_db"] == pytest.approx(3.0)
+    assert "| f | 21.00 / 0.600 | 22.50 / 0.650 | 25.50 / 0.850 | +4.50 | +3.00 |" in benchmark.markdown_table(summary)
+
+
+def test_eval_command_writes_table_json_and_grids(tmp_path, tiny_model, photo):
+    from PIL import Image
+
+    from spire_rt.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.round(photo[:260, :300] * 255).astype(np.uint8)).save(images / "coffee.png")
+    model_folder = tiny_model.save(tmp_path / "model")
+    out = tmp_path / "out"
+    code = main(["eval", "--model", str(model_folder), "--images", str(images), "--out", str(out),
+                 "--families", "upsample_2x", "--steps", "1", "--quiet"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["summary"]["upsample_2x"]["images"] == 1
+    assert results["options"]["steps"] == 1
+    assert (out / "results.md").read_text().count("upsample_2x") == 1
+    assert Image.open(out / "grid_upsample_2x.png").size == (4 * 128, 128)
+
+
+def test_heldout_images_are_the_training_holdout():
+    from spire_rt.evaluation.cli import HELDOUT_IMAGES, load_images
+    from spire_rt.training.data import HELD_OUT
+
+    images = load_images(HELDOUT_IMAGES)
+    assert sorted(images) == sorted(HELD_OUT)
+    assert all(image.ndim == 3 and image.shape[2] == 3 for image in images.values())
+
+
+def test_noise_estimate_recovers_the_sigma():
+    flat = np.full((128, 128, 3), 0.5)
+    noisy = flat + 0.05 * np.random.default_rng(0).standard_normal(flat.shape)
+    assert benchmark.estimate_noise_sigma(noisy) == pytest.approx(0.05, rel=0.05)

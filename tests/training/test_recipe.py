@@ -1,0 +1,121 @@
+"""The recipe runs each stage on a shrunken config on the CPU, its loss falls, and the stages chain."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from spire_rt.models.presets import TINY
+from spire_rt.models.spire_model import load_model
+from spire_rt.training import recipe
+from spire_rt.training.data import HELD_OUT, TRAIN_IMAGES, TrainingImages, dead_leaves, degraded_pairs
+from spire_rt.training.recipe import StageConfig
+
+SMALL = replace(
+    TINY,
+    unet={**TINY.unet, "in_channels": 4, "out_channels": 4, "block_out_channels": [8, 16],
+          "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+          "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 2,
+          "cross_attention_dim": 16, "norm_num_groups": 4},
+    vae={**TINY.vae, "block_out_channels": [8, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
+         "up_block_types": ["UpDecoderBlock2D"] * 2, "latent_channels": 4, "norm_num_groups": 4},
+    text_encoder={**TINY.text_encoder, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                  "num_attention_heads": 2, "projection_dim": 16},
+)
+
+
+def config(tmp_path, stage, **overrides):
+    values = {"stage": stage, "out": tmp_path, "steps": 12, "batch": 4, "crop": 16, "lr": 3e-3, "leaves": 2,
+              "warmup": 1, "checkpoint_minutes": 60, "eval_minutes": 0, "log_every": 1, "quiet": True}
+    return StageConfig(**{**values, **overrides})
+
+
+def held_loss(stage, seed=123):
+    """The stage's loss on one fixed batch, noise and timesteps (no update)."""
+    stage.rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return stage.loss()[0].item()
+
+
+def make_stage(cfg, cls):
+    cfg = replace(cfg, **{k: v for k, v in recipe.STAGE_DEFAULTS[cfg.stage].items() if getattr(cfg, k) is None})
+    return cls(cfg, SMALL, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """The three stages, chained, each for a few steps; returns the folder and each stage's loss before/after."""
+    folder = tmp_path_factory.mktemp("run")
+    losses = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threading costs more than it gives, and much more on a busy machine
+    try:
+        for name, cls in (("vae", recipe.VaeStage), ("prior", recipe.PriorStage),
+                          ("adaptor", recipe.AdaptorStage)):
+            stage = make_stage(config(folder, name, steps=15 if name == "vae" else 12), cls)
+            before = held_loss(stage)
+            stage.train()
+            losses[name] = (before, held_loss(stage))
+    finally:
+        torch.set_num_threads(threads)
+    return folder, losses
+
+
+@pytest.mark.parametrize("stage", ["vae", "prior", "adaptor"])
+def test_each_stage_lowers_its_loss(run_folder, stage):
+    before, after = run_folder[1][stage]
+    assert after < before
+
+
+def test_stages_write_folders_logs_and_checkpoints(run_folder):
+    folder = run_folder[0]
+    for stage in ("vae", "prior", "adaptor"):
+        assert (folder / f"{stage}.ckpt").is_file()
+        records = [json.loads(line) for line in (folder / f"{stage}.jsonl").read_text().splitlines()]
+        assert records[-1]["final"] and records[-1]["step"] > 0
+    assert (folder / "vae" / "config.json").is_file() and (folder / "unet" / "config.json").is_file()
+    model = load_model(folder / "model")
+    assert model.trained and model.unet.config.block_out_channels == [8, 16]
+    assert model.vae.config.scaling_factor != 1.0  # set from the latents' spread
+
+
+def test_resume_carries_on_from_the_checkpoint(run_folder):
+    folder = run_folder[0]
+    steps = json.loads((folder / "vae.jsonl").read_text().splitlines()[-1])["step"]
+    record = recipe.run_stage(config(folder, "vae", steps=2, resume=True), SMALL)
+    assert record["step"] == steps + 2
+
+
+def test_stage_needs_a_budget(tmp_path):
+    from spire_rt.errors import SpireError
+
+    with pytest.raises(SpireError, match="--steps or --minutes"):
+        recipe.run_stage(config(tmp_path, "vae", steps=None), SMALL)
+
+
+def test_data_holds_out_the_evaluation_images():
+    assert not set(HELD_OUT) & set(TRAIN_IMAGES)
+    assert "chelsea" in HELD_OUT
+
+
+def test_crops_and_pairs_have_the_right_shapes():
+    rng = np.random.default_rng(0)
+    leaves = np.stack([dead_leaves(rng, 64, max_discs=2000)])
+    images = TrainingImages.load(leaves=0)
+    images.leaves = leaves
+    clean = images.crops(rng, 6, 32)
+    assert clean.shape == (6, 3, 32, 32) and 0 <= clean.min() and clean.max() <= 1
+    y, prompts = degraded_pairs(clean, rng, blind_rate=0.5)
+    assert y.shape == clean.shape and len(prompts) == 6
+    assert all(isinstance(p, str) and p for p in prompts)
+
+
+def test_cosine_lr_warms_up_and_decays():
+    assert recipe.cosine_lr(1.0, 0.0, 0, warmup=10) == pytest.approx(0.1)
+    assert recipe.cosine_lr(1.0, 0.0, 100, warmup=10) == pytest.approx(1.0)
+    assert recipe.cosine_lr(1.0, 1.0, 100, warmup=10) == pytest.approx(0.1)
