@@ -22,7 +22,8 @@ from .prompts import PromptError
 
 EXIT_USAGE = 2
 # Modules with `register(subparsers)` that add a sub-command whose parser sets `run=function(args) -> int`.
-PLUGGED_COMMANDS: tuple[str, ...] = ("spire_rt.training.cli", "spire_rt.evaluation.cli")
+PLUGGED_COMMANDS: tuple[str, ...] = ("spire_rt.training.cli", "spire_rt.evaluation.cli", "spire_rt.export.cli",
+                                     "spire_rt.bench.cli")
 
 OPTION_HELP = {
     "restore": "restoration prompt, e.g. 'Deblur with sigma 1.5; Denoise with sigma 0.06'",
@@ -38,7 +39,7 @@ OPTION_HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .backends import BACKEND_NAMES
+    from .backends import BACKEND_NAMES, default_backend
     from .color_fix import COLOR_FIXES
     from .pipeline import RestoreOptions
     from .sampling import SAMPLERS
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help=OPTION_HELP[field.name])
     restore.add_argument("--model", default="tiny", help="preset name or model folder")
     restore.add_argument("--adaptor", default=None, help="SPIRE adaptor folder, when --model is a base SD folder")
-    restore.add_argument("--backend", default="torch", choices=BACKEND_NAMES)
+    restore.add_argument("--backend", default=default_backend(), choices=BACKEND_NAMES)
     restore.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     restore.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
                          help="network precision (default: fp32 on cpu, fp16 on cuda)")

@@ -85,7 +85,7 @@ class Restorer:
         self.last_run: RunInfo | None = None
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "tiny", backend: str = "torch", device: str = "cpu",
+    def from_pretrained(cls, name_or_path: str = "tiny", backend: str | None = None, device: str = "cpu",
                         dtype=None, adaptor: str | None = None) -> Restorer:
         model = load_model(name_or_path, adaptor=adaptor)
         return cls(model, create_backend(backend, model, device=device, dtype=dtype))

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from spire_rt.models import build_preset
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_artifact_cache(tmp_path_factory):
+    """ONNX exports made on first use go to a folder of this test session, never the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("spire-rt-cache")
+    previous = os.environ.get("SPIRE_RT_CACHE")
+    os.environ["SPIRE_RT_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("SPIRE_RT_CACHE", None)
+    else:
+        os.environ["SPIRE_RT_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

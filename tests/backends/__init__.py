@@ -1,0 +1,1 @@
+"""Tests of spire_rt.backends (a package, so its conftest does not shadow the top-level one)."""
