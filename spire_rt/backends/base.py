@@ -28,6 +28,18 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def ordered_feeds(network: str, feeds: Mapping[str, torch.Tensor], known) -> list[torch.Tensor]:
+    """The network's inputs in call order, with a clear error for an unknown network or a missing input."""
+    from ..models.networks import NETWORK_INPUTS
+
+    if network not in known:
+        raise KeyError(f"unknown network {network!r}; known: {', '.join(known)}")
+    missing = [name for name in NETWORK_INPUTS[network] if name not in feeds]
+    if missing:
+        raise KeyError(f"{network}: missing inputs {', '.join(missing)}")
+    return [feeds[name] for name in NETWORK_INPUTS[network]]
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     try:
         device = torch.device(device)

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 import torch
 
-from ..models.networks import NETWORK_INPUTS, NETWORK_OUTPUTS
+from ..models.networks import NETWORK_OUTPUTS
 from ..models.spire_model import SpireModel
-from .base import resolve_device, resolve_dtype
+from .base import ordered_feeds, resolve_device, resolve_dtype
 
 
 class TorchBackend:
@@ -22,12 +22,7 @@ class TorchBackend:
         self.networks = model.networks()
 
     def run(self, network: str, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if network not in self.networks:
-            raise KeyError(f"unknown network {network!r}; known: {', '.join(self.networks)}")
-        missing = [name for name in NETWORK_INPUTS[network] if name not in feeds]
-        if missing:
-            raise KeyError(f"{network}: missing inputs {', '.join(missing)}")
-        args = [self.cast(feeds[name]) for name in NETWORK_INPUTS[network]]
+        args = [self.cast(tensor) for tensor in ordered_feeds(network, feeds, self.networks)]
         with torch.inference_mode():
             output = self.networks[network](*args)
         return {NETWORK_OUTPUTS[network][0]: output.float()}

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..backends.base import resolve_device
+from ..backends.base import ordered_feeds, resolve_device
 from ..models.networks import NETWORK_INPUTS, NETWORK_OUTPUTS
 from .graph import GraphedCall
 from .ops import resolve_ops
@@ -76,12 +76,7 @@ class FastTorchBackend:
         self.dtype = dtype
 
     def run(self, network: str, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if network not in self.networks:
-            raise KeyError(f"unknown network {network!r}; known: {', '.join(self.networks)}")
-        missing = [name for name in NETWORK_INPUTS[network] if name not in feeds]
-        if missing:
-            raise KeyError(f"{network}: missing inputs {', '.join(missing)}")
-        args = [self.cast(feeds[name]) for name in NETWORK_INPUTS[network]]
+        args = [self.cast(tensor) for tensor in ordered_feeds(network, feeds, self.networks)]
         with torch.inference_mode():
             if network in DENOISERS:
                 output = self.run_denoiser(network, feeds, args)
