@@ -41,7 +41,7 @@ OPTION_HELP = {
 def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKEND_NAMES, default_backend
     from .color_fix import COLOR_FIXES
-    from .pipeline import RestoreOptions
+    from .pipeline import DEFAULT_DEVICE, DEFAULT_MODEL, RestoreOptions
     from .sampling import SAMPLERS
 
     parser = argparse.ArgumentParser(prog="spire-rt", description="SPIRE prompt-driven image restoration runtime")
@@ -59,10 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         kind = {"int": int, "float": float, "str": str}.get(str(field.type).split(" ")[0], int)
         restore.add_argument(flag, type=kind, default=field.default, choices=choices.get(field.name),
                              help=OPTION_HELP[field.name])
-    restore.add_argument("--model", default="tiny", help="preset name or model folder")
+    restore.add_argument("--model", default=DEFAULT_MODEL, help="preset name or model folder")
     restore.add_argument("--adaptor", default=None, help="SPIRE adaptor folder, when --model is a base SD folder")
     restore.add_argument("--backend", default=default_backend(), choices=BACKEND_NAMES)
-    restore.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    restore.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda or cuda:N")
     restore.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
                          help="network precision (default: fp32 on cpu, fp16 on cuda)")
     restore.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -28,6 +28,9 @@ from .prompt_encoder import PromptEncoder
 from .prompts import BLIND_PROMPT, parse_restoration_prompt
 from .sampling import SAMPLERS, NoiseSchedule, trailing_timesteps
 
+DEFAULT_MODEL = "tiny"  # the shipped spire-tiny
+DEFAULT_DEVICE = "cpu"
+
 
 @dataclass(frozen=True)
 class RestoreOptions:
@@ -85,7 +88,8 @@ class Restorer:
         self.last_run: RunInfo | None = None
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "tiny", backend: str | None = None, device: str = "cpu",
+    def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, backend: str | None = None,
+                        device: str = DEFAULT_DEVICE,
                         dtype=None, adaptor: str | None = None) -> Restorer:
         model = load_model(name_or_path, adaptor=adaptor)
         return cls(model, create_backend(backend, model, device=device, dtype=dtype))
