@@ -16,6 +16,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from ..errors import ModelLoadError
+from .modulated_unet import encoder_pass
 
 # UNet features the modulated forward does not implement; a config using any of them is refused, not misread.
 UNSUPPORTED_UNET_OPTIONS = {
@@ -83,17 +84,7 @@ class SpireAdaptor(ModelMixin, ConfigMixin):
         emb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
         h = self.conv_in(torch.cat([sample, condition], dim=1))
 
-        features = [h]
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, block_features = block(hidden_states=h, temb=emb, encoder_hidden_states=encoder_hidden_states)
-            else:
-                h, block_features = block(hidden_states=h, temb=emb)
-            features += block_features
-        if getattr(self.mid_block, "has_cross_attention", False):
-            h = self.mid_block(h, emb, encoder_hidden_states=encoder_hidden_states)
-        else:
-            h = self.mid_block(h, emb)
+        h, features = encoder_pass(self.down_blocks, self.mid_block, h, emb, encoder_hidden_states)
 
         modulations = [head(feature) for head, feature in zip(self.skip_heads, features)]
         modulations.append(self.mid_head(h))

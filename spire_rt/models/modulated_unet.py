@@ -26,6 +26,25 @@ def modulate(feature: torch.Tensor, modulation: torch.Tensor, strength: torch.Te
     return (1 + strength * gamma) * feature + strength * beta
 
 
+def encoder_pass(down_blocks, mid_block, h, emb, encoder_hidden_states):
+    """The down blocks then the mid block, as the UNet and its adaptor copy both run them.
+
+    Returns the mid output and the skip features in order, `h` (the conv_in output) first.
+    """
+    features = [h]
+    for block in down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            h, block_features = block(hidden_states=h, temb=emb, encoder_hidden_states=encoder_hidden_states)
+        else:
+            h, block_features = block(hidden_states=h, temb=emb)
+        features += block_features
+    if getattr(mid_block, "has_cross_attention", False):
+        h = mid_block(h, emb, encoder_hidden_states=encoder_hidden_states)
+    else:
+        h = mid_block(h, emb)
+    return h, features
+
+
 def unet_forward_modulated(
     unet: UNet2DConditionModel,
     sample: torch.Tensor,
@@ -44,19 +63,8 @@ def unet_forward_modulated(
     emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep))
     h = unet.conv_in(sample)
 
-    skips = [h]
-    for block in unet.down_blocks:
-        if getattr(block, "has_cross_attention", False):
-            h, block_skips = block(hidden_states=h, temb=emb, encoder_hidden_states=encoder_hidden_states)
-        else:
-            h, block_skips = block(hidden_states=h, temb=emb)
-        skips += block_skips
+    h, skips = encoder_pass(unet.down_blocks, unet.mid_block, h, emb, encoder_hidden_states)
     skips = [modulate_fn(f, m, strength) for f, m in zip(skips, modulations[:-1])]
-
-    if getattr(unet.mid_block, "has_cross_attention", False):
-        h = unet.mid_block(h, emb, encoder_hidden_states=encoder_hidden_states)
-    else:
-        h = unet.mid_block(h, emb)
     h = modulate_fn(h, modulations[-1], strength)
 
     for block in unet.up_blocks:
