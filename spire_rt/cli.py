@@ -41,6 +41,7 @@ OPTION_HELP = {
 def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKEND_NAMES, default_backend
     from .color_fix import COLOR_FIXES
+    from .models.spire_model import RESTORE_DEFAULT_KEYS
     from .pipeline import DEFAULT_DEVICE, DEFAULT_MODEL, RestoreOptions
     from .sampling import SAMPLERS
 
@@ -57,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     for field in fields(RestoreOptions):
         flag = "--" + field.name.replace("_", "-")
         kind = {"int": int, "float": float, "str": str}.get(str(field.type).split(" ")[0], int)
-        restore.add_argument(flag, type=kind, default=field.default, choices=choices.get(field.name),
-                             help=OPTION_HELP[field.name])
+        if field.name in RESTORE_DEFAULT_KEYS:  # left out, it takes the model's spire.json restore_defaults
+            restore.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=choices.get(field.name),
+                                 help=f"{OPTION_HELP[field.name]} (default: the model's own, else {field.default})")
+        else:
+            restore.add_argument(flag, type=kind, default=field.default, help=OPTION_HELP[field.name])
     restore.add_argument("--model", default=DEFAULT_MODEL, help="preset name or model folder")
     restore.add_argument("--adaptor", default=None, help="SPIRE adaptor folder, when --model is a base SD folder")
     restore.add_argument("--backend", default=default_backend(), choices=BACKEND_NAMES)
@@ -145,17 +149,18 @@ def run_restore(args) -> int:
 
     inputs = collect_inputs(args.inputs)
     outputs = plan_outputs(inputs, args.output, args.overwrite)
-    options = {field.name: getattr(args, field.name) for field in fields(RestoreOptions)}
+    options = {field.name: getattr(args, field.name) for field in fields(RestoreOptions) if hasattr(args, field.name)}
     RestoreOptions(**options).validated()  # a malformed prompt fails before the model loads
     restorer = Restorer.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                                         adaptor=args.adaptor)
+    steps = restorer.resolve(options).steps
     if not restorer.model.trained:
         print(f"spire-rt: warning: model {restorer.model.name!r} has untrained (random) weights; its output is "
               "not a restoration", file=sys.stderr)
     images = tqdm(list(zip(inputs, outputs)), desc="images", unit="img", disable=args.quiet or len(inputs) < 2)
     for source, target in images:
         image = load_image(source)
-        with tqdm(total=options["steps"], desc=source.name, unit="step", leave=False, disable=args.quiet) as bar:
+        with tqdm(total=steps, desc=source.name, unit="step", leave=False, disable=args.quiet) as bar:
             restored = restorer(image, progress=lambda done, total: bar.update(done - bar.n), **options)
         save_image(restored, target, overwrite=args.overwrite)
         run = restorer.last_run

@@ -96,15 +96,12 @@ class Restorer:
 
     def __call__(self, image: Image.Image | np.ndarray, progress: Callable[[int, int], None] | None = None,
                  **options) -> Image.Image:
-        unknown = set(options) - {f.name for f in fields(RestoreOptions)}
-        if unknown:
-            raise TypeError(f"unknown restoration options: {', '.join(sorted(unknown))}")
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
         # 1. Validate: options, the restoration prompt (canonical form), the image and the output size.
         with self.timed(timings, "validate"):
-            opts = RestoreOptions(**options).validated()
+            opts = self.resolve(options)
             seed = opts.seed if opts.seed is not None else int(torch.randint(0, 2**62, ()).item())
             opts = replace(opts, seed=seed)
             source = split_image(image)
@@ -170,6 +167,13 @@ class Restorer:
                                 padded_size=tuple(y_padded.shape[2:]), timesteps=timesteps.tolist(),
                                 timings=timings)
         return result
+
+    def resolve(self, options: dict) -> RestoreOptions:
+        """The options a call runs with: the caller's, then the model's restore_defaults, then RestoreOptions'."""
+        unknown = set(options) - {f.name for f in fields(RestoreOptions)}
+        if unknown:
+            raise TypeError(f"unknown restoration options: {', '.join(sorted(unknown))}")
+        return RestoreOptions(**{**self.model.restore_defaults, **options}).validated()
 
     @contextmanager
     def timed(self, timings: dict[str, float], phase: str):

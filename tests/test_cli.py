@@ -113,6 +113,28 @@ def test_output_problems_are_refused_before_work(tmp_path, capsys, monkeypatch):
     assert_one_line_error(status, err, "not writable")
 
 
+def test_restore_leaves_unset_options_to_the_model(tmp_path, capsys, monkeypatch):
+    """Options not on the command line reach the Restorer unset, so the model's restore_defaults apply."""
+    from spire_rt.pipeline import Restorer
+
+    seen = []
+    original = Restorer.__call__
+
+    def recording(self, image, progress=None, **options):
+        seen.append(options)
+        result = original(self, image, progress=progress, **options)
+        seen.append(self.last_run.options)
+        return result
+
+    monkeypatch.setattr(Restorer, "__call__", recording)
+    source = write_png(tmp_path / "in.png", size=(32, 32))
+    status, _, err = run(["restore", source, "-o", tmp_path / "out.png", "--steps", "2", "--quiet"], capsys)
+    assert status == 0, err
+    given, ran = seen
+    assert given["steps"] == 2 and "strength" not in given and "sampler" not in given
+    assert ran.steps == 2 and ran.strength == Restorer.from_pretrained().model.restore_defaults.get("strength", 1.0)
+
+
 def test_damaged_checkpoint_folder(tmp_path, capsys):
     from spire_rt.models import build_preset
 

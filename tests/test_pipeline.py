@@ -112,6 +112,20 @@ def test_bad_options_are_clear_errors(restorer, image, options, error):
         restorer(image, **options)
 
 
+def test_model_restore_defaults_fill_in_what_the_caller_leaves_out(image):
+    from dataclasses import replace
+
+    from spire_rt.models import build_preset
+
+    model = replace(build_preset("tiny"), restore_defaults={"steps": 1, "strength": 0.2})
+    restorer = Restorer(model, TorchBackend(model))
+    restorer(image, seed=0)
+    assert restorer.last_run.timesteps == [199]  # one step at strength 0.2, from the model
+    assert restorer.last_run.options.sampler == "dpmpp_2m"  # RestoreOptions' own default
+    restorer(image, seed=0, steps=2, strength=1.0)  # the caller's options win
+    assert restorer.last_run.timesteps == [999, 499]
+
+
 def test_unknown_option_is_a_type_error(restorer, image):
     with pytest.raises(TypeError, match="stepz"):
         restorer(image, stepz=3)

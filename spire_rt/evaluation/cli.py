@@ -26,11 +26,11 @@ def register(commands) -> None:
                         help="run the controllability sweep instead of the benchmark")
     parser.add_argument("--sweep-image", help="image name (stem) for the sweep (default: the first image)")
     parser.add_argument("--families", nargs="+", help="benchmark only these families")
-    parser.add_argument("--steps", type=int, help="sampler steps (default: RestoreOptions)")
-    parser.add_argument("--sampler", help="sampler (default: RestoreOptions)")
-    parser.add_argument("--strength", type=float, help="SDEdit strength (default: RestoreOptions)")
-    parser.add_argument("--adaptor-strength", type=float, help="adaptor strength (default: RestoreOptions)")
-    parser.add_argument("--color-fix", help="colour fix (default: RestoreOptions)")
+    parser.add_argument("--steps", type=int, help="sampler steps (default: the model's own, else RestoreOptions')")
+    parser.add_argument("--sampler", help="sampler (default: the model's own, else RestoreOptions')")
+    parser.add_argument("--strength", type=float, help="SDEdit strength (default: the model's own, else RestoreOptions')")
+    parser.add_argument("--adaptor-strength", type=float, help="adaptor strength (default: the model's own, else RestoreOptions')")
+    parser.add_argument("--color-fix", help="colour fix (default: the model's own, else RestoreOptions')")
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quiet", action="store_true")
@@ -76,9 +76,10 @@ def run_eval(args) -> int:
               "adaptor_strength": args.adaptor_strength, "color_fix": args.color_fix}
     options = {k: v for k, v in chosen.items() if v is not None}
     options["seed"] = args.seed
-    resolved = asdict(RestoreOptions(**options).validated())
-    resolved = {k: resolved[k] for k in ("steps", "sampler", "strength", "adaptor_strength", "color_fix", "seed")}
+    RestoreOptions(**options).validated()  # bad options fail before the model loads
     restorer = Restorer.from_pretrained(args.model, backend=args.backend, device=args.device)
+    resolved = asdict(restorer.resolve(options))  # with the model's restore_defaults
+    resolved = {k: resolved[k] for k in ("steps", "sampler", "strength", "adaptor_strength", "color_fix", "seed")}
     info = {"model": str(args.model), "trained": restorer.model.trained, "images": sorted(images),
             "seed": args.seed, "options": resolved}
 

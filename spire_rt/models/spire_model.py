@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,6 +28,8 @@ from .presets import PRESETS, get_preset
 from .tokenizer import MAX_LENGTH, build_grammar_tokenizer
 
 SPIRE_FILE = "spire.json"
+# Options a model may recommend in spire.json "restore_defaults": the sampling it was trained for.
+RESTORE_DEFAULT_KEYS = ("steps", "sampler", "strength", "guidance", "adaptor_strength", "color_fix")
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 # What each component folder must hold, checked before loading so a missing file gets a message naming it.
@@ -52,6 +54,9 @@ class SpireModel:
     name: str
     text_layer: str = "last"
     trained: bool = True
+    # The restoration options this model was trained for (e.g. one step at strength 0.2); a caller's own
+    # options win, and RestoreOptions supplies the rest.
+    restore_defaults: dict = field(default_factory=dict)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -99,9 +104,11 @@ class SpireModel:
             self.tokenizer.backend_tokenizer.model.save(str(staging / "tokenizer"))
             (staging / "scheduler").mkdir()
             write_json(staging / "scheduler" / "scheduler_config.json", self.scheduler_config)
-            write_json(staging / SPIRE_FILE, {"format": "spire", "format_version": 1, "name": self.name,
-                                              "text_layer": self.text_layer, "trained": self.trained,
-                                              "written_by": f"spire-rt {__version__}"})
+            info = {"format": "spire", "format_version": 1, "name": self.name, "text_layer": self.text_layer,
+                    "trained": self.trained, "written_by": f"spire-rt {__version__}"}
+            if self.restore_defaults:
+                info["restore_defaults"] = checked_restore_defaults(self.restore_defaults, folder)
+            write_json(staging / SPIRE_FILE, info)
             if folder.exists():
                 shutil.rmtree(folder)
             staging.rename(folder)
@@ -157,7 +164,8 @@ def load_folder(folder: Path) -> SpireModel:
     parts = load_base_parts(folder)
     controlnet = load_component(folder / "controlnet", "controlnet")
     return SpireModel(controlnet=controlnet, name=info.get("name", folder.name),
-                      text_layer=info.get("text_layer", "last"), trained=bool(info.get("trained", True)), **parts)
+                      text_layer=info.get("text_layer", "last"), trained=bool(info.get("trained", True)),
+                      restore_defaults=checked_restore_defaults(info.get("restore_defaults", {}), folder), **parts)
 
 
 def load_base_with_adaptor(base: Path, adaptor: Path) -> SpireModel:
@@ -166,7 +174,19 @@ def load_base_with_adaptor(base: Path, adaptor: Path) -> SpireModel:
     controlnet = load_component(adaptor_folder, "controlnet")
     info = read_json(adaptor / SPIRE_FILE) if (adaptor / SPIRE_FILE).exists() else {}
     return SpireModel(controlnet=controlnet, name=info.get("name", adaptor.name),
-                      text_layer=info.get("text_layer", "last"), trained=True, **parts)
+                      text_layer=info.get("text_layer", "last"), trained=True,
+                      restore_defaults=checked_restore_defaults(info.get("restore_defaults", {}), adaptor), **parts)
+
+
+def checked_restore_defaults(defaults, where: Path) -> dict:
+    """spire.json's "restore_defaults": a mapping of known option names (values are checked when options are)."""
+    if not isinstance(defaults, dict):
+        raise ModelLoadError(f"{where / SPIRE_FILE}: restore_defaults must be a mapping, got {type(defaults).__name__}")
+    unknown = sorted(set(defaults) - set(RESTORE_DEFAULT_KEYS))
+    if unknown:
+        raise ModelLoadError(f"{where / SPIRE_FILE}: restore_defaults has unknown options {', '.join(unknown)}; "
+                             f"allowed: {', '.join(RESTORE_DEFAULT_KEYS)}")
+    return dict(defaults)
 
 
 def load_base_parts(folder: Path) -> dict:

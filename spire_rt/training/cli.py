@@ -16,7 +16,7 @@ def register(commands) -> None:
     parser.add_argument("--preset", default="tiny", help="architecture preset (default tiny)")
     parser.add_argument("--stage", required=True, choices=(*STAGES, SHIP_STAGE),
                         help="vae, then prior, then adaptor (each reads the folders the previous one wrote "
-                             "in --out); ship writes OUT/model as fp16 into --ship-to")
+                             "in --out); decoder refines the VAE decoder alone; ship writes OUT/model as fp16 into --ship-to")
     parser.add_argument("--out", required=True, help="run folder shared by the stages")
     parser.add_argument("--steps", type=int, help="stop after this many steps")
     parser.add_argument("--minutes", type=float, help="stop after this many minutes of training")
@@ -31,6 +31,9 @@ def register(commands) -> None:
     parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
     parser.add_argument("--eval-minutes", type=float, default=6.0,
                         help="adaptor: measure the held-out gain this often (0: never)")
+    parser.add_argument("--strength", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="adaptor: train the one-step SDEdit restoration the runtime runs at these strengths "
+                             "(start from the degraded latent noised to t(s), loss on the clean latent)")
     parser.add_argument("--ship-to", default=str(SHIPPED_WEIGHTS / "tiny"), help="ship: target folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_train)
@@ -51,8 +54,8 @@ def run_train(args) -> int:
     config = StageConfig(stage=args.stage, out=Path(args.out), steps=args.steps, minutes=args.minutes,
                          batch=args.batch, crop=args.crop, lr=args.lr, device=args.device, resume=args.resume,
                          seed=args.seed, threads=args.threads, checkpoint_minutes=args.checkpoint_minutes,
-                         eval_minutes=args.eval_minutes, leaves=args.leaves,
-                         quiet=args.quiet)
+                         eval_minutes=args.eval_minutes, leaves=args.leaves, quiet=args.quiet,
+                         strength=tuple(args.strength) if args.strength else None)
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))
     return 0

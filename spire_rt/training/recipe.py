@@ -1,9 +1,14 @@
 """The spire-tiny training recipe: SPIRE's two-part scheme at small scale, one stage at a time.
 
     vae      AutoencoderKL on clean crops: L1 + L1 of image gradients + a small KL     -> RUN/vae/
+    decoder  (optional, any time after vae) the decoder alone, encoder frozen, so the latent space the
+             prior and adaptor learned stays valid; raises the reconstruction ceiling     -> RUN/vae/
     prior    the UNet, unconditional (semantic prompt always ""), v-prediction on latents -> RUN/unet/, RUN/text_encoder/
     adaptor  VAE and UNet frozen; the modulated adaptor and the text encoder learn the restoration prompt
              on pairs from spire_rt.degrade (20% "Remove all degradation")               -> RUN/model/ (a SPIRE folder)
+             With --strength LO HI it learns the runtime's one-step SDEdit restoration instead: z_t is the
+             degraded latent E(y) noised to a timestep of strength in [LO, HI], and the loss is on the clean
+             latent the one step lands on (x0 = alpha_t z_t - sigma_t v).
 
 Each stage reads the folders the previous one wrote, checkpoints to RUN/<stage>.ckpt every few minutes (model,
 optimiser, step, RNG states, so --resume carries on), and logs JSON lines to RUN/<stage>.jsonl. A stage stops at
@@ -36,7 +41,7 @@ from ..models.tokenizer import MAX_LENGTH, build_grammar_tokenizer
 from ..sampling import NoiseSchedule
 from .data import HELD_OUT, TrainingImages, degraded_pairs, load_skimage_image
 
-STAGES = ("vae", "prior", "adaptor")
+STAGES = ("vae", "decoder", "prior", "adaptor")
 
 
 @dataclass
@@ -58,12 +63,14 @@ class StageConfig:
     leaves: int = 128  # dead-leaves images in the pool
     warmup: int = 50  # steps of linear learning-rate warm-up
     quiet: bool = False
+    strength: tuple[float, float] | None = None  # adaptor: train one-step restoration from these SDEdit strengths
     extra: dict = field(default_factory=dict)
 
 
 # Sized for 2 busy CPU cores (about 1 s per step); on a GPU raise --batch and --crop.
 STAGE_DEFAULTS = {
     "vae": {"batch": 8, "crop": 64, "lr": 1e-3},
+    "decoder": {"batch": 8, "crop": 64, "lr": 5e-4},
     "prior": {"batch": 8, "crop": 64, "lr": 8e-4},
     "adaptor": {"batch": 8, "crop": 64, "lr": 5e-4},
 }
@@ -83,13 +90,20 @@ def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
                      **{k: getattr(config, k) if getattr(config, k) is not None else v for k, v in defaults.items()})
     if config.steps is None and config.minutes is None:
         raise SpireError("give --steps or --minutes (or both: the stage stops at whichever comes first)")
+    if config.strength is not None:
+        if config.stage != "adaptor":
+            raise SpireError("--strength applies to the adaptor stage only")
+        low, high = config.strength
+        if not 0 < low <= high <= 1:
+            raise SpireError(f"--strength LO HI must satisfy 0 < LO <= HI <= 1, got {low} {high}")
     preset = preset or get_preset("tiny")
     torch.set_num_threads(config.threads)
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SpireError("--device cuda: no CUDA device is available")
     config.out.mkdir(parents=True, exist_ok=True)
-    trainer = {"vae": VaeStage, "prior": PriorStage, "adaptor": AdaptorStage}[config.stage](config, preset, device)
+    stages = {"vae": VaeStage, "decoder": DecoderStage, "prior": PriorStage, "adaptor": AdaptorStage}
+    trainer = stages[config.stage](config, preset, device)
     return trainer.train()
 
 
@@ -268,6 +282,55 @@ class VaeStage(Stage):
         self.vae.train()
 
 
+class DecoderStage(VaeStage):
+    """The VAE's decoder alone, from RUN/vae: the encoder (and so every latent) stays exactly as it was."""
+
+    name = "decoder"
+
+    def build(self) -> None:
+        self.vae = load_component(self.out / "vae", "vae").to(self.device)
+        self.vae.requires_grad_(False)
+        self.decoder_parts = [self.vae.decoder, self.vae.post_quant_conv]
+        for part in self.decoder_parts:
+            part.requires_grad_(True)
+
+    def trainable(self):
+        return {"vae": self.vae}
+
+    def parameters(self):
+        return [p for part in self.decoder_parts for p in part.parameters()]
+
+    def loss(self):
+        x = self.clean_batch() * 2 - 1
+        with torch.no_grad():
+            latent = self.vae.encode(x).latent_dist.mean
+        reconstruction = self.vae.decode(latent).sample
+        l1 = (reconstruction - x).abs().mean()
+        gradient = sum((diff(reconstruction, d) - diff(x, d)).abs().mean() for d in (2, 3))
+        mse = F.mse_loss(reconstruction.clamp(-1, 1), x)
+        return l1 + 0.5 * gradient, {"l1": l1.item(), "psnr": (10 * torch.log10(4 / mse)).item()}
+
+    def export(self) -> None:
+        """Same config (and scaling factor) as the VAE it started from: only decoder weights change."""
+        self.vae.save_pretrained(self.out / "vae", safe_serialization=True)
+
+    def evaluate(self) -> dict:
+        """Reconstruction PSNR of the held-out 256x256 centre crops (the eval benchmark's images)."""
+        self.vae.eval()
+        values = {}
+        with torch.no_grad():
+            for name in HELD_OUT:
+                image = load_skimage_image(name)
+                y0, x0 = (image.shape[0] - 256) // 2, (image.shape[1] - 256) // 2
+                clean = torch.from_numpy(image[y0:y0 + 256, x0:x0 + 256]).permute(2, 0, 1)[None].to(self.device)
+                latent = self.vae.encode(clean * 2 - 1).latent_dist.mean
+                decoded = ((self.vae.decode(latent).sample + 1) / 2).clamp(0, 1)
+                values[name] = round(psnr(clean[0].permute(1, 2, 0).cpu().numpy(),
+                                          decoded[0].permute(1, 2, 0).cpu().numpy()), 2)
+        self.vae.train()
+        return {"reconstruction_psnr": values}
+
+
 def diff(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.narrow(dim, 1, x.shape[dim] - 1) - x.narrow(dim, 0, x.shape[dim] - 1)
 
@@ -364,19 +427,48 @@ class AdaptorStage(LatentStage):
         clean = self.clean_batch()
         y, prompts = degraded_pairs(clean.cpu(), self.rng)
         z0, y_latent = self.latents(clean), self.latents(y.to(self.device))
-        t = self.random_timesteps(z0.shape[0], HIGH_T_RATE)
-        z_t, v = self.noised(z0, t)
+        if self.config.strength is None:
+            t = self.random_timesteps(z0.shape[0], HIGH_T_RATE)
+            z_t, v = self.noised(z0, t)
+        else:
+            # What the pipeline runs at strength s and one step: start from E(y) noised to t(s), land on x0.
+            t = self.one_step_timesteps(z0.shape[0])
+            z_t, _ = self.noised(y_latent, t)
         restore = self.encode_text(self.text_encoder, prompts)
         # The UNet's semantic prompt is "" through the same (trained) encoder, exactly as the pipeline feeds it.
         semantic = self.encode_text(self.text_encoder, [""]).expand(z0.shape[0], -1, -1)
         modulations = self.adaptor(z_t, t, y_latent, restore)
         prediction = unet_forward_modulated(self.unet, z_t, t, semantic, modulations, self.strength)
-        return F.mse_loss(prediction, v), {}
+        if self.config.strength is None:
+            return F.mse_loss(prediction, v), {}
+        abar = self.abar[t].reshape(-1, 1, 1, 1)
+        landed = abar.sqrt() * z_t - (1 - abar).sqrt() * prediction  # x0 from v (Salimans & Ho 2022)
+        return F.mse_loss(landed, z0), {}
+
+    def one_step_timesteps(self, batch: int) -> torch.Tensor:
+        """Uniform over the one-step trailing timesteps of strengths in [LO, HI] (sampling.trailing_timesteps)."""
+        steps = self.schedule.num_train_timesteps
+        low, high = (round(s * steps) - 1 for s in self.config.strength)
+        return torch.randint(max(low, 0), high + 1, (batch,), device=self.device)
+
+    def sampling_options(self) -> list[dict]:
+        """The settings the held-out gain is tracked at: what this run trains for."""
+        if self.config.strength is None:
+            return [{"steps": 1}, {"steps": 4}]
+        low, high = self.config.strength
+        return [{"steps": 1, "strength": s} for s in sorted({low, (low + high) / 2, high})]
 
     def model(self) -> SpireModel:
         return SpireModel(unet=self.unet, controlnet=self.adaptor, vae=self.vae, text_encoder=self.text_encoder,
                           tokenizer=self.tokenizer, scheduler_config=dict(self.preset.scheduler),
-                          name=self.preset.name, text_layer=self.preset.text_layer, trained=True)
+                          name=self.preset.name, text_layer=self.preset.text_layer, trained=True,
+                          restore_defaults=self.restore_defaults())
+
+    def restore_defaults(self) -> dict:
+        """What the runtime should run by default: one step at the middle of the trained strengths."""
+        if self.config.strength is None:
+            return {}
+        return {"steps": 1, "strength": round(sum(self.config.strength) / 2, 3)}
 
     def export(self) -> None:
         self.model().save(self.out / "model", overwrite=True)
@@ -389,16 +481,16 @@ class AdaptorStage(LatentStage):
         model = self.model()
         restorer = Restorer(model, TorchBackend(model, device=self.device))
         results = {}
-        for steps in (1, 4):
+        for options in self.sampling_options():
             gains = {}
             for family, items in self.tracking.items():
                 values = []
                 for clean, degraded, upsampled, prompt in items:
-                    restored = np.asarray(restorer(degraded, restore=prompt, steps=steps, seed=0))
+                    restored = np.asarray(restorer(degraded, restore=prompt, seed=0, **options))
                     h, w = min(clean.shape[0], restored.shape[0]), min(clean.shape[1], restored.shape[1])
                     values.append(psnr(clean[:h, :w], restored[:h, :w]) - psnr(clean, upsampled))
                 gains[family] = round(float(np.mean(values)), 3)
-            results[f"gain_db_steps{steps}"] = gains
+            results["gain_db_" + "_".join(f"{k}{v:g}" for k, v in options.items())] = gains
         self.adaptor.requires_grad_(True)
         self.text_encoder.requires_grad_(True)
         return results

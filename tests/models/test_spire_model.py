@@ -87,6 +87,19 @@ def test_damaged_folder_is_a_clear_error(saved_tiny, tmp_path, damage, message):
         load_model(copy)
 
 
+def test_restore_defaults_round_trip_and_unknown_keys_are_refused(saved_tiny, tmp_path):
+    from dataclasses import replace
+
+    model, _ = saved_tiny
+    folder = replace(model, restore_defaults={"steps": 1, "strength": 0.2}).save(tmp_path / "with_defaults")
+    assert load_model(folder).restore_defaults == {"steps": 1, "strength": 0.2}
+    info = json.loads((folder / "spire.json").read_text())
+    info["restore_defaults"] = {"steps": 1, "sharpness": 3}
+    (folder / "spire.json").write_text(json.dumps(info))
+    with pytest.raises(ModelLoadError, match="spire.json: restore_defaults has unknown options sharpness"):
+        load_model(folder)
+
+
 def test_text_layers_against_truncated_encoder():
     """'penultimate' equals a copy of the encoder with its last layer removed, through the final norm."""
     config = CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
