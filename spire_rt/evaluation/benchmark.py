@@ -9,7 +9,8 @@ model through `spire_rt.pipeline.Restorer`, the product's own path.
     deblur_2.0      Gaussian blur, sigma 2.0                Deblur with sigma 2.0     Richardson-Lucy, 30 iterations
     dejpeg_20       JPEG quality 20                         Dejpeg with quality 20    TV (Chambolle), weight 0.04
     upsample_2x     bicubic downscale by 2                  Upsample to 2x            bicubic
-    mixed           the random two-stage pipeline (seeded)  its full prompt           the chain above, per clause
+    mixed           the random two-stage pipeline (seeded;  its full prompt           the chain above, per clause
+                    the first draw stating >= 2 kinds)
     mixed_blind     the same images                         Remove all degradation    NLM at an estimated sigma
 
 The blind family hands the model the degraded image already resized to the clean size (blind mode does not
@@ -28,7 +29,7 @@ import torch
 from PIL import Image
 
 from ..degrade import degrade, degrade_explicit
-from ..prompts import BLIND_PROMPT, parse_restoration_prompt
+from ..prompts import BLIND_PROMPT, CLAUSES, parse_restoration_prompt
 from .metrics import as_float, psnr, ssim
 
 CROP = 256
@@ -41,6 +42,7 @@ FAMILIES = {
     "mixed_blind": None,
 }
 METHODS = ("degraded", "baseline", "model")
+MIXED_KINDS = 2  # a "mixed" case states at least this many kinds of degradation in its prompt
 RL_ITERATIONS = 30
 TV_WEIGHT = 0.04
 
@@ -83,7 +85,7 @@ def build_cases(images: dict[str, np.ndarray], seed: int = 0, families=tuple(FAM
     for index, (name, image) in enumerate(sorted(images.items())):
         clean = centre_crop(image)
         case_seed = seed * 1000 + index
-        mixed, mixed_params = degrade(clean, seed=case_seed + 100)
+        mixed, mixed_params = mixed_degradation(clean, case_seed)
         for family in families:
             if family in ("mixed", "mixed_blind"):
                 degraded, prompt = mixed, str(mixed_params.prompt())
@@ -96,6 +98,18 @@ def build_cases(images: dict[str, np.ndarray], seed: int = 0, families=tuple(FAM
             else:
                 cases.append(Case(name, family, clean, degraded, upsampled, prompt))
     return cases
+
+
+def mixed_degradation(clean: np.ndarray, case_seed: int, attempts: int = 100):
+    """The first two-stage draw (seeds case_seed + 100, + 10100, ...) whose prompt states at least MIXED_KINDS
+    kinds of degradation: the pipeline sometimes draws a single light one ("Dejpeg with quality 90"), which
+    the single-kind families already cover."""
+    for attempt in range(attempts):
+        degraded, params = degrade(clean, seed=case_seed + 100 + 10_000 * attempt)
+        prompt = params.prompt()
+        if sum(getattr(prompt, spec.field) is not None for spec in CLAUSES) >= MIXED_KINDS:
+            return degraded, params
+    raise RuntimeError(f"no two-stage draw with {MIXED_KINDS} kinds of degradation in {attempts} seeds")
 
 
 # --- classical baselines ------------------------------------------------------------------------------------

@@ -28,10 +28,22 @@ def test_cases_are_centre_crops_with_their_prompts(photo):
     assert by_family["dejpeg_20"].prompt == "Dejpeg with quality 20"
     assert by_family["upsample_2x"].prompt == "Upsample to 2x"
     assert by_family["upsample_2x"].model_input.shape == (128, 128, 3)
+    assert by_family["mixed"].prompt.count(";") >= 1  # at least two kinds of degradation
     assert by_family["mixed_blind"].prompt == "Remove all degradation"
     assert np.array_equal(by_family["mixed_blind"].model_input, by_family["mixed"].upsampled)
     again = benchmark.build_cases({"coffee": photo}, seed=0)
     assert all(np.array_equal(a.model_input, b.model_input) for a, b in zip(cases, again))
+
+
+def test_mixed_skips_single_kind_draws(photo):
+    """Seed 103 draws two JPEG passes only ("Dejpeg with quality 90"): not mixed, so the next draw is used."""
+    from spire_rt.degrade import degrade
+
+    clean = benchmark.centre_crop(photo)
+    _, single = degrade(clean, seed=103)
+    assert str(single.prompt()) == "Dejpeg with quality 90"
+    _, params = benchmark.mixed_degradation(clean, case_seed=3)
+    assert params.seed == 10_103 and str(params.prompt()).count(";") >= 1
 
 
 @pytest.mark.parametrize("family", ["denoise_0.10", "deblur_2.0", "dejpeg_20"])
