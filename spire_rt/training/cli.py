@@ -48,7 +48,8 @@ def run_train(args) -> int:
     if args.stage == SHIP_STAGE:
         from .ship import ship_fp16
 
-        target = ship_fp16(Path(args.out) / "model", Path(args.ship_to))
+        # RUN/vae holds the decoder stage's refinement when it ran after (or beside) the adaptor.
+        target = ship_fp16(Path(args.out) / "model", Path(args.ship_to), vae=Path(args.out) / "vae")
         print(f"shipped {Path(args.out) / 'model'} -> {target}")
         return 0
     config = StageConfig(stage=args.stage, out=Path(args.out), steps=args.steps, minutes=args.minutes,

@@ -5,6 +5,7 @@ The backends cast to their own dtype when they load (fp32 on the CPU), so fp16 o
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,15 +17,24 @@ from ..errors import ModelLoadError
 from ..models.spire_model import SPIRE_FILE
 
 
-def ship_fp16(source: Path, target: Path) -> Path:
-    """Copy the SPIRE folder `source` to `target` (replacing it, keeping any MODEL_CARD.md) with fp16 weights."""
+def ship_fp16(source: Path, target: Path, vae: Path | None = None) -> Path:
+    """Copy the SPIRE folder `source` to `target` (replacing it, keeping any MODEL_CARD.md) with fp16 weights.
+
+    `vae`: a VAE folder to ship instead of source's own, e.g. RUN/vae after the decoder stage refined it while
+    the adaptor trained. Its encoder must be the one the adaptor learned from, or the latents would not match.
+    """
     source, target = Path(source), Path(target)
     if not (source / SPIRE_FILE).is_file():
         raise ModelLoadError(f"{source}: not a SPIRE folder (no {SPIRE_FILE})")
+    if vae is not None:
+        check_same_encoder(Path(vae), source / "vae")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         shutil.copytree(source, staging, dirs_exist_ok=True)
+        if vae is not None:
+            shutil.rmtree(staging / "vae")
+            shutil.copytree(vae, staging / "vae")
         for weights in staging.rglob("*.safetensors"):
             tensors = {name: t.to(torch.float16) if t.is_floating_point() else t
                        for name, t in load_file(weights).items()}
@@ -38,6 +48,22 @@ def ship_fp16(source: Path, target: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def check_same_encoder(vae: Path, reference: Path) -> None:
+    """Refuse a VAE whose encoder (or latent scaling) differs from the one the model was trained with."""
+    weights = "diffusion_pytorch_model.safetensors"
+    for folder in (vae, reference):
+        if not (folder / weights).is_file():
+            raise ModelLoadError(f"{folder}: no VAE weights ({weights})")
+    ours, theirs = load_file(vae / weights), load_file(reference / weights)
+    encoder = [name for name in theirs if name.startswith(("encoder.", "quant_conv."))]
+    changed = [name for name in encoder if name not in ours or not torch.equal(ours[name], theirs[name])]
+    scaling = [json.loads((f / "config.json").read_text())["scaling_factor"] for f in (vae, reference)]
+    if changed or scaling[0] != scaling[1]:
+        what = f"{len(changed)} encoder tensors differ" if changed else "its scaling factor differs"
+        raise ModelLoadError(f"{vae}: not the VAE the model was trained with ({what}); only a decoder-stage "
+                             "refinement of it may be shipped in its place")
 
 
 def folder_size(folder: Path) -> int:

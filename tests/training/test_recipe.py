@@ -91,6 +91,33 @@ def test_decoder_stage_leaves_the_encoder_and_scaling_alone(run_folder):
     assert json.loads((folder / "decoder.jsonl").read_text().splitlines()[-1])["final"]
 
 
+def test_ship_takes_the_refined_vae_and_refuses_another_encoder(run_folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from spire_rt.errors import ModelLoadError
+    from spire_rt.training.ship import ship_fp16
+
+    folder = run_folder[0]
+    vae = tmp_path / "vae"
+    shutil.copytree(folder / "vae", vae)
+    weights = vae / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    tensors["decoder.conv_out.bias"] = tensors["decoder.conv_out.bias"] + 0.5  # a "refined" decoder
+    save_file(tensors, weights)
+    shipped = ship_fp16(folder / "model", tmp_path / "shipped", vae=vae)
+    bias = load_file(shipped / "vae" / "diffusion_pytorch_model.safetensors")["decoder.conv_out.bias"]
+    assert bias.dtype == torch.float16 and torch.allclose(bias.float(), tensors["decoder.conv_out.bias"], atol=1e-3)
+    assert load_model(shipped).trained
+
+    tensors["encoder.conv_in.bias"] = tensors["encoder.conv_in.bias"] + 0.5
+    save_file(tensors, weights)
+    with pytest.raises(ModelLoadError, match="1 encoder tensors differ"):
+        ship_fp16(folder / "model", tmp_path / "refused", vae=vae)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_one_step_adaptor_learns_from_the_degraded_latent(run_folder, tmp_path):
     """--strength LO HI: z_t is E(y) noised to t(s), the loss is on the landed x0, and the model records it."""
     import shutil
