@@ -32,6 +32,7 @@ OPTION_HELP = {
     "sampler": "sampler",
     "guidance": "classifier-free guidance scale on the semantic prompt (used when --prompt is given)",
     "strength": "start from the degraded image noised to this fraction of the schedule (1: pure noise)",
+    "start_noise": "with --strength below 1, the scale of the noise added to the degraded latent (0: none)",
     "adaptor_strength": "scale s of the adaptor's modulation (0: the frozen prior alone)",
     "seed": "random seed (None: a fresh one for each image)",
     "color_fix": "colour correction against the input",

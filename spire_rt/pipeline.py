@@ -42,6 +42,7 @@ class RestoreOptions:
     sampler: str = "dpmpp_2m"  # one of sampling.SAMPLERS
     guidance: float = 4.0  # classifier-free guidance on the semantic prompt; used only when it is non-empty
     strength: float = 1.0  # < 1 starts from the degraded latent noised to strength*T (SDEdit-style)
+    start_noise: float = 1.0  # at strength < 1, the scale of that noise (0: a deterministic start from E(y))
     adaptor_strength: float = 1.0  # s in (1 + s*gamma) * f + s*beta; 0 gives the frozen prior
     seed: int | None = None  # None draws one; the seed used is in `last_run`
     color_fix: str = "wavelet"  # one of color_fix.COLOR_FIXES
@@ -53,6 +54,8 @@ class RestoreOptions:
             raise OptionError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
         if not 0 < self.strength <= 1:
             raise OptionError(f"strength must be in (0, 1], got {self.strength}")
+        if not 0 <= self.start_noise <= 1:
+            raise OptionError(f"start noise must be in [0, 1], got {self.start_noise}")
         if not np.isfinite(self.guidance) or self.guidance < 0:
             raise OptionError(f"guidance must be a finite number >= 0, got {self.guidance}")
         if not np.isfinite(self.adaptor_strength):
@@ -125,7 +128,8 @@ class Restorer:
             timesteps = trailing_timesteps(opts.steps, self.schedule.num_train_timesteps, opts.strength)
             generator = torch.Generator("cpu").manual_seed(seed)
             noise = torch.randn(y_latent.shape, generator=generator).to(y_latent.device)
-            start = noise if opts.strength == 1 else self.schedule.add_noise(y_latent, noise, timesteps[:1])
+            start = noise if opts.strength == 1 else self.schedule.add_noise(y_latent, opts.start_noise * noise,
+                                                                             timesteps[:1])
 
         # 4. Denoise: the sampler drives the backend's denoiser network (one guided step per call).
         with self.timed(timings, "denoise"):

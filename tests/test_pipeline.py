@@ -112,6 +112,16 @@ def test_bad_options_are_clear_errors(restorer, image, options, error):
         restorer(image, **options)
 
 
+def test_start_noise_zero_is_a_deterministic_start_from_the_degraded_latent(restorer, image):
+    first = restorer(image, seed=1, steps=1, strength=0.2, start_noise=0.0)
+    second = restorer(image, seed=2, steps=1, strength=0.2, start_noise=0.0)
+    noisy = restorer(image, seed=2, steps=1, strength=0.2)
+    assert np.array_equal(pixels(first), pixels(second))
+    assert np.abs(pixels(noisy) - pixels(second)).mean() > 0.5
+    with pytest.raises(OptionError, match="start noise"):
+        restorer(image, strength=0.2, start_noise=1.5)
+
+
 def test_model_restore_defaults_fill_in_what_the_caller_leaves_out(image):
     from dataclasses import replace
 

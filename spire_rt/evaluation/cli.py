@@ -29,6 +29,8 @@ def register(commands) -> None:
     parser.add_argument("--steps", type=int, help="sampler steps (default: the model's own, else RestoreOptions')")
     parser.add_argument("--sampler", help="sampler (default: the model's own, else RestoreOptions')")
     parser.add_argument("--strength", type=float, help="SDEdit strength (default: the model's own, else RestoreOptions')")
+    parser.add_argument("--start-noise", type=float,
+                        help="noise scale at the SDEdit start (default: the model's own, else RestoreOptions')")
     parser.add_argument("--adaptor-strength", type=float, help="adaptor strength (default: the model's own, else RestoreOptions')")
     parser.add_argument("--color-fix", help="colour fix (default: the model's own, else RestoreOptions')")
     parser.add_argument("--backend", default="torch")
@@ -73,13 +75,15 @@ def run_eval(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     images = load_images(args.images)
     chosen = {"steps": args.steps, "sampler": args.sampler, "strength": args.strength,
-              "adaptor_strength": args.adaptor_strength, "color_fix": args.color_fix}
+              "start_noise": args.start_noise, "adaptor_strength": args.adaptor_strength,
+              "color_fix": args.color_fix}
     options = {k: v for k, v in chosen.items() if v is not None}
     options["seed"] = args.seed
     RestoreOptions(**options).validated()  # bad options fail before the model loads
     restorer = Restorer.from_pretrained(args.model, backend=args.backend, device=args.device)
     resolved = asdict(restorer.resolve(options))  # with the model's restore_defaults
-    resolved = {k: resolved[k] for k in ("steps", "sampler", "strength", "adaptor_strength", "color_fix", "seed")}
+    resolved = {k: resolved[k] for k in ("steps", "sampler", "strength", "start_noise", "adaptor_strength",
+                                         "color_fix", "seed")}
     info = {"model": str(args.model), "trained": restorer.model.trained, "images": sorted(images),
             "seed": args.seed, "options": resolved}
 

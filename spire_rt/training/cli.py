@@ -34,6 +34,8 @@ def register(commands) -> None:
     parser.add_argument("--strength", type=float, nargs=2, metavar=("LO", "HI"),
                         help="adaptor: train the one-step SDEdit restoration the runtime runs at these strengths "
                              "(start from the degraded latent noised to t(s), loss on the clean latent)")
+    parser.add_argument("--start-noise", type=float, default=1.0,
+                        help="adaptor, with --strength: scale of the noise at the start (0: deterministic)")
     parser.add_argument("--ship-to", default=str(SHIPPED_WEIGHTS / "tiny"), help="ship: target folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_train)
@@ -56,7 +58,7 @@ def run_train(args) -> int:
                          batch=args.batch, crop=args.crop, lr=args.lr, device=args.device, resume=args.resume,
                          seed=args.seed, threads=args.threads, checkpoint_minutes=args.checkpoint_minutes,
                          eval_minutes=args.eval_minutes, leaves=args.leaves, quiet=args.quiet,
-                         strength=tuple(args.strength) if args.strength else None)
+                         strength=tuple(args.strength) if args.strength else None, start_noise=args.start_noise)
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))
     return 0

@@ -7,7 +7,8 @@
     adaptor  VAE and UNet frozen; the modulated adaptor and the text encoder learn the restoration prompt
              on pairs from spire_rt.degrade (20% "Remove all degradation")               -> RUN/model/ (a SPIRE folder)
              With --strength LO HI it learns the runtime's one-step SDEdit restoration instead: z_t is the
-             degraded latent E(y) noised to a timestep of strength in [LO, HI], and the loss is the log of the
+             degraded latent E(y) noised to a timestep of strength in [LO, HI] (the noise scaled by
+             --start-noise; 0 makes a deterministic one-step restorer), and the loss is the log of the
              error of the clean latent the one step lands on (x0 = alpha_t z_t - sigma_t v), per pair.
 
 Each stage reads the folders the previous one wrote, checkpoints to RUN/<stage>.ckpt every few minutes (model,
@@ -64,6 +65,7 @@ class StageConfig:
     warmup: int = 50  # steps of linear learning-rate warm-up
     quiet: bool = False
     strength: tuple[float, float] | None = None  # adaptor: train one-step restoration from these SDEdit strengths
+    start_noise: float = 1.0  # adaptor, with strength: the scale of the noise at the start (0: deterministic)
     extra: dict = field(default_factory=dict)
 
 
@@ -97,6 +99,8 @@ def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
         low, high = config.strength
         if not 0 < low <= high <= 1:
             raise SpireError(f"--strength LO HI must satisfy 0 < LO <= HI <= 1, got {low} {high}")
+    if not 0 <= config.start_noise <= 1:
+        raise SpireError(f"--start-noise must be in [0, 1], got {config.start_noise}")
     preset = preset or get_preset("tiny")
     torch.set_num_threads(config.threads)
     device = torch.device(config.device)
@@ -434,7 +438,8 @@ class AdaptorStage(LatentStage):
         else:
             # What the pipeline runs at strength s and one step: start from E(y) noised to t(s), land on x0.
             t = self.one_step_timesteps(z0.shape[0])
-            z_t, _ = self.noised(y_latent, t)
+            abar = self.abar[t].reshape(-1, 1, 1, 1)
+            z_t = abar.sqrt() * y_latent + self.config.start_noise * (1 - abar).sqrt() * torch.randn_like(y_latent)
         restore = self.encode_text(self.text_encoder, prompts)
         # The UNet's semantic prompt is "" through the same (trained) encoder, exactly as the pipeline feeds it.
         semantic = self.encode_text(self.text_encoder, [""]).expand(z0.shape[0], -1, -1)
@@ -460,7 +465,8 @@ class AdaptorStage(LatentStage):
         if self.config.strength is None:
             return [{"steps": 1}, {"steps": 4}]
         low, high = self.config.strength
-        return [{"steps": 1, "strength": s} for s in sorted({low, (low + high) / 2, high})]
+        return [{"steps": 1, "strength": s, "start_noise": self.config.start_noise}
+                for s in sorted({low, (low + high) / 2, high})]
 
     def model(self) -> SpireModel:
         return SpireModel(unet=self.unet, controlnet=self.adaptor, vae=self.vae, text_encoder=self.text_encoder,
@@ -472,7 +478,7 @@ class AdaptorStage(LatentStage):
         """What the runtime should run by default: one step at the middle of the trained strengths."""
         if self.config.strength is None:
             return {}
-        return {"steps": 1, "strength": round(sum(self.config.strength) / 2, 3)}
+        return {"steps": 1, "strength": round(sum(self.config.strength) / 2, 3), "start_noise": self.config.start_noise}
 
     def export(self) -> None:
         self.model().save(self.out / "model", overwrite=True)

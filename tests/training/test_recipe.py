@@ -118,20 +118,22 @@ def test_ship_takes_the_refined_vae_and_refuses_another_encoder(run_folder, tmp_
     assert not (tmp_path / "refused").exists()
 
 
-def test_one_step_adaptor_learns_from_the_degraded_latent(run_folder, tmp_path):
+@pytest.mark.parametrize("start_noise", [1.0, 0.0])
+def test_one_step_adaptor_learns_from_the_degraded_latent(run_folder, tmp_path, start_noise):
     """--strength LO HI: z_t is E(y) noised to t(s), the loss is on the landed x0, and the model records it."""
     import shutil
 
     for part in ("vae", "unet", "text_encoder", "cache"):
         shutil.copytree(run_folder[0] / part, tmp_path / part)
-    stage = make_stage(config(tmp_path, "adaptor", steps=12, strength=(0.1, 0.3)), recipe.AdaptorStage)
+    stage = make_stage(config(tmp_path, "adaptor", steps=12, strength=(0.1, 0.3), start_noise=start_noise),
+                       recipe.AdaptorStage)
     drawn = stage.one_step_timesteps(4000)
     assert int(drawn.min()) == 99 and int(drawn.max()) == 299  # trailing_timesteps(1, 1000, 0.1 and 0.3)
     before = held_loss(stage)
     stage.train()
     assert held_loss(stage) < before
     model = load_model(tmp_path / "model")
-    assert model.restore_defaults == {"steps": 1, "strength": 0.2}
+    assert model.restore_defaults == {"steps": 1, "strength": 0.2, "start_noise": start_noise}
 
 
 @pytest.mark.parametrize(("stage", "strength", "message"), [
@@ -144,6 +146,8 @@ def test_bad_strength_is_refused(tmp_path, stage, strength, message):
 
     with pytest.raises(SpireError, match=message):
         recipe.run_stage(config(tmp_path, stage, strength=strength), SMALL)
+    with pytest.raises(SpireError, match="--start-noise"):
+        recipe.run_stage(config(tmp_path, "adaptor", strength=(0.1, 0.2), start_noise=-1.0), SMALL)
 
 
 def test_stages_write_folders_logs_and_checkpoints(run_folder):
