@@ -36,6 +36,9 @@ def register(commands) -> None:
                              "(start from the degraded latent noised to t(s), loss on the clean latent)")
     parser.add_argument("--start-noise", type=float, default=1.0,
                         help="adaptor, with --strength: scale of the noise at the start (0: deterministic)")
+    parser.add_argument("--default-strength", type=float,
+                        help="ship: the SDEdit strength to record as the model's default (chosen on validation "
+                             "images; otherwise the adaptor stage's middle of --strength)")
     parser.add_argument("--ship-to", default=str(SHIPPED_WEIGHTS / "tiny"), help="ship: target folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_train)
@@ -51,7 +54,14 @@ def run_train(args) -> int:
         from .ship import ship_fp16
 
         # RUN/vae holds the decoder stage's refinement when it ran after (or beside) the adaptor.
-        target = ship_fp16(Path(args.out) / "model", Path(args.ship_to), vae=Path(args.out) / "vae")
+        defaults = None
+        if args.default_strength is not None:
+            from ..pipeline import RestoreOptions
+
+            RestoreOptions(strength=args.default_strength).validated()  # refused here, not at restore time
+            defaults = {"strength": args.default_strength}
+        target = ship_fp16(Path(args.out) / "model", Path(args.ship_to), vae=Path(args.out) / "vae",
+                           restore_defaults=defaults)
         print(f"shipped {Path(args.out) / 'model'} -> {target}")
         return 0
     config = StageConfig(stage=args.stage, out=Path(args.out), steps=args.steps, minutes=args.minutes,

@@ -14,14 +14,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import ModelLoadError
-from ..models.spire_model import SPIRE_FILE
+from ..models.spire_model import SPIRE_FILE, checked_restore_defaults, write_json
 
 
-def ship_fp16(source: Path, target: Path, vae: Path | None = None) -> Path:
+def ship_fp16(source: Path, target: Path, vae: Path | None = None, restore_defaults: dict | None = None) -> Path:
     """Copy the SPIRE folder `source` to `target` (replacing it, keeping any MODEL_CARD.md) with fp16 weights.
 
     `vae`: a VAE folder to ship instead of source's own, e.g. RUN/vae after the decoder stage refined it while
     the adaptor trained. Its encoder must be the one the adaptor learned from, or the latents would not match.
+    `restore_defaults`: options to record over the adaptor stage's own (e.g. a strength chosen on validation
+    images).
     """
     source, target = Path(source), Path(target)
     if not (source / SPIRE_FILE).is_file():
@@ -35,6 +37,11 @@ def ship_fp16(source: Path, target: Path, vae: Path | None = None) -> Path:
         if vae is not None:
             shutil.rmtree(staging / "vae")
             shutil.copytree(vae, staging / "vae")
+        if restore_defaults:
+            info = json.loads((staging / SPIRE_FILE).read_text(encoding="utf-8"))
+            merged = {**info.get("restore_defaults", {}), **restore_defaults}
+            info["restore_defaults"] = checked_restore_defaults(merged, source)
+            write_json(staging / SPIRE_FILE, info)
         for weights in staging.rglob("*.safetensors"):
             tensors = {name: t.to(torch.float16) if t.is_floating_point() else t
                        for name, t in load_file(weights).items()}

@@ -106,10 +106,10 @@ def test_ship_takes_the_refined_vae_and_refuses_another_encoder(run_folder, tmp_
     tensors = load_file(weights)
     tensors["decoder.conv_out.bias"] = tensors["decoder.conv_out.bias"] + 0.5  # a "refined" decoder
     save_file(tensors, weights)
-    shipped = ship_fp16(folder / "model", tmp_path / "shipped", vae=vae)
+    shipped = ship_fp16(folder / "model", tmp_path / "shipped", vae=vae, restore_defaults={"strength": 0.05})
     bias = load_file(shipped / "vae" / "diffusion_pytorch_model.safetensors")["decoder.conv_out.bias"]
     assert bias.dtype == torch.float16 and torch.allclose(bias.float(), tensors["decoder.conv_out.bias"], atol=1e-3)
-    assert load_model(shipped).trained
+    assert load_model(shipped).trained and load_model(shipped).restore_defaults == {"strength": 0.05}
 
     tensors["encoder.conv_in.bias"] = tensors["encoder.conv_in.bias"] + 0.5
     save_file(tensors, weights)
