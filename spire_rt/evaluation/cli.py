@@ -13,13 +13,15 @@ from pathlib import Path
 from ..errors import ImageError, SpireError
 
 HELDOUT_IMAGES = "skimage-heldout"
+VALIDATION_IMAGES = "skimage-validation"  # training photographs: for choosing settings without the held-out set
 
 
 def register(commands) -> None:
     parser = commands.add_parser("eval", help="benchmark a model (PSNR/SSIM per degradation family) or --sweep")
     parser.add_argument("--model", default="tiny", help="preset name or SPIRE model folder (default tiny)")
     parser.add_argument("--images", default=HELDOUT_IMAGES,
-                        help=f"folder of clean images, or {HELDOUT_IMAGES} (the photographs held out of training)")
+                        help=f"folder of clean images, {HELDOUT_IMAGES} (the photographs held out of training) or "
+                             f"{VALIDATION_IMAGES} (four training photographs, for choosing settings)")
     parser.add_argument("--out", required=True, help="folder for results.md, results.json and the PNGs")
     parser.add_argument("--seed", type=int, default=0, help="seeds the degradations and the sampler")
     parser.add_argument("--sweep", action="store_true",
@@ -45,13 +47,13 @@ def load_images(spec: str) -> dict:
 
     from ..imageio import IMAGE_SUFFIXES
 
-    if spec == HELDOUT_IMAGES:
-        from ..training.data import HELD_OUT, load_skimage_image
+    if spec in (HELDOUT_IMAGES, VALIDATION_IMAGES):
+        from ..training.data import HELD_OUT, VALIDATION, load_skimage_image
 
-        return {name: load_skimage_image(name) for name in HELD_OUT}
+        return {name: load_skimage_image(name) for name in (HELD_OUT if spec == HELDOUT_IMAGES else VALIDATION)}
     folder = Path(spec)
     if not folder.is_dir():
-        raise ImageError(f"{folder}: not a folder (give a folder of clean images or {HELDOUT_IMAGES})")
+        raise ImageError(f"{folder}: not a folder (give a folder of clean images, {HELDOUT_IMAGES} or {VALIDATION_IMAGES})")
     images = {}
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():

@@ -27,6 +27,9 @@ HELD_OUT = ("astronaut", "chelsea", "coffee", "rocket")
 # the deliberately motion-blurred clock are left out.
 TRAIN_IMAGES = ("brick", "camera", "cell", "coins", "color", "grass", "gravel", "hubble_deep_field", "ihc",
                 "moon", "motorcycle_left", "motorcycle_right", "page", "retina", "text")
+# Training photographs `spire-rt eval --images skimage-validation` scores, to choose settings (the default
+# strength) without looking at the held-out set.
+VALIDATION = ("camera", "coins", "ihc", "motorcycle_left")
 BLIND_RATE = 0.2  # how often the restoration prompt is replaced by "Remove all degradation"
 
 

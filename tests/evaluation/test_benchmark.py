@@ -96,6 +96,14 @@ def test_heldout_images_are_the_training_holdout():
     assert all(image.ndim == 3 and image.shape[2] == 3 for image in images.values())
 
 
+def test_validation_images_are_training_images_only():
+    from spire_rt.evaluation.cli import VALIDATION_IMAGES, load_images
+    from spire_rt.training.data import HELD_OUT, TRAIN_IMAGES
+
+    images = load_images(VALIDATION_IMAGES)
+    assert set(images) <= set(TRAIN_IMAGES) and not set(images) & set(HELD_OUT) and len(images) == 4
+
+
 def test_noise_estimate_recovers_the_sigma():
     flat = np.full((128, 128, 3), 0.5)
     noisy = flat + 0.05 * np.random.default_rng(0).standard_normal(flat.shape)
