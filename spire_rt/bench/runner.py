@@ -299,6 +299,8 @@ def benchmark(config: BenchConfig, report) -> dict:
             if stage != "end_to_end" and run.label in outputs:
                 stats["rel_err_vs_torch"] = relative_error(outputs[run.label], outputs[runs[0].label])
             if stage == "end_to_end":
+                # What ran, the model's restore_defaults included (a one-step model's strength, say).
+                entry.setdefault("options", asdict(run.restorer.last_run.options))
                 stats["images_per_s"] = 1.0 / stats["median_s"]
                 value = psnr(images[run.label], images[runs[0].label])
                 stats["psnr_vs_torch_db"] = None if value == float("inf") else round(value, 2)  # None: identical

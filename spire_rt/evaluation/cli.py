@@ -84,8 +84,8 @@ def run_eval(args) -> int:
     RestoreOptions(**options).validated()  # bad options fail before the model loads
     restorer = Restorer.from_pretrained(args.model, backend=args.backend, device=args.device)
     resolved = asdict(restorer.resolve(options))  # with the model's restore_defaults
-    resolved = {k: resolved[k] for k in ("steps", "sampler", "strength", "start_noise", "adaptor_strength",
-                                         "color_fix", "seed")}
+    resolved = {k: resolved[k] for k in ("steps", "sampler", "strength", "start_noise", "guidance",
+                                         "adaptor_strength", "color_fix", "seed")}
     info = {"model": str(args.model), "trained": restorer.model.trained, "images": sorted(images),
             "seed": args.seed, "options": resolved}
 

@@ -186,6 +186,13 @@ def checked_restore_defaults(defaults, where: Path) -> dict:
     if unknown:
         raise ModelLoadError(f"{where / SPIRE_FILE}: restore_defaults has unknown options {', '.join(unknown)}; "
                              f"allowed: {', '.join(RESTORE_DEFAULT_KEYS)}")
+    from ..errors import OptionError
+    from ..pipeline import RestoreOptions
+
+    try:
+        RestoreOptions(**defaults).validated()
+    except (OptionError, TypeError) as error:
+        raise ModelLoadError(f"{where / SPIRE_FILE}: restore_defaults: {error}") from None
     return dict(defaults)
 
 

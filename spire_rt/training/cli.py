@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import SpireError
 from ..models.spire_model import SHIPPED_WEIGHTS
 
 SHIP_STAGE = "ship"
@@ -16,7 +17,8 @@ def register(commands) -> None:
     parser.add_argument("--preset", default="tiny", help="architecture preset (default tiny)")
     parser.add_argument("--stage", required=True, choices=(*STAGES, SHIP_STAGE),
                         help="vae, then prior, then adaptor (each reads the folders the previous one wrote "
-                             "in --out); decoder refines the VAE decoder alone; ship writes OUT/model as fp16 into --ship-to")
+                             "in --out); decoder refines the VAE decoder alone; ship writes OUT/model, with "
+                             "OUT/vae's decoder, as fp16 into --ship-to")
     parser.add_argument("--out", required=True, help="run folder shared by the stages")
     parser.add_argument("--steps", type=int, help="stop after this many steps")
     parser.add_argument("--minutes", type=float, help="stop after this many minutes of training")
@@ -30,7 +32,7 @@ def register(commands) -> None:
     parser.add_argument("--leaves", type=int, default=128, help="procedural dead-leaves images in the data pool")
     parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
     parser.add_argument("--eval-minutes", type=float, default=6.0,
-                        help="adaptor: measure the held-out gain this often (0: never)")
+                        help="adaptor and decoder: measure held-out gain / reconstruction this often (0: never)")
     parser.add_argument("--strength", type=float, nargs=2, metavar=("LO", "HI"),
                         help="adaptor: train the one-step SDEdit restoration the runtime runs at these strengths "
                              "(start from the degraded latent noised to t(s), loss on the clean latent)")
@@ -53,14 +55,14 @@ def run_train(args) -> int:
     if args.stage == SHIP_STAGE:
         from .ship import ship_fp16
 
-        # RUN/vae holds the decoder stage's refinement when it ran after (or beside) the adaptor.
         defaults = None
         if args.default_strength is not None:
-            from ..pipeline import RestoreOptions
-
-            RestoreOptions(strength=args.default_strength).validated()  # refused here, not at restore time
+            if not 0 < args.default_strength < 1:  # strength 1 starts from pure noise: not a one-step start
+                raise SpireError(f"--default-strength must be in (0, 1), got {args.default_strength}")
             defaults = {"strength": args.default_strength}
-        target = ship_fp16(Path(args.out) / "model", Path(args.ship_to), vae=Path(args.out) / "vae",
+        # RUN/vae holds the decoder stage's refinement when it ran after (or beside) the adaptor.
+        vae = Path(args.out) / "vae"
+        target = ship_fp16(Path(args.out) / "model", Path(args.ship_to), vae=vae if vae.is_dir() else None,
                            restore_defaults=defaults)
         print(f"shipped {Path(args.out) / 'model'} -> {target}")
         return 0

@@ -93,15 +93,8 @@ def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
                      **{k: getattr(config, k) if getattr(config, k) is not None else v for k, v in defaults.items()})
     if config.steps is None and config.minutes is None:
         raise SpireError("give --steps or --minutes (or both: the stage stops at whichever comes first)")
-    if config.strength is not None:
-        if config.stage != "adaptor":
-            raise SpireError("--strength applies to the adaptor stage only")
-        low, high = config.strength
-        if not 0 < low <= high <= 1:
-            raise SpireError(f"--strength LO HI must satisfy 0 < LO <= HI <= 1, got {low} {high}")
-    if not 0 <= config.start_noise <= 1:
-        raise SpireError(f"--start-noise must be in [0, 1], got {config.start_noise}")
     preset = preset or get_preset("tiny")
+    check_one_step_options(config, int(preset.scheduler.get("num_train_timesteps", 1000)))
     torch.set_num_threads(config.threads)
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -110,6 +103,24 @@ def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
     stages = {"vae": VaeStage, "decoder": DecoderStage, "prior": PriorStage, "adaptor": AdaptorStage}
     trainer = stages[config.stage](config, preset, device)
     return trainer.train()
+
+
+def check_one_step_options(config: StageConfig, num_train_timesteps: int) -> None:
+    if config.strength is None:
+        if config.start_noise != 1.0:
+            raise SpireError("--start-noise needs --strength LO HI (it scales the noise of the one-step start)")
+        return
+    if config.stage != "adaptor":
+        raise SpireError("--strength applies to the adaptor stage only")
+    low, high = config.strength
+    # Strength 1 starts from pure noise in the runtime (y unused), so a one-step start stays below it; and
+    # LO * T must name at least one training timestep.
+    if not 0 < low <= high < 1:
+        raise SpireError(f"--strength LO HI must satisfy 0 < LO <= HI < 1, got {low} {high}")
+    if round(low * num_train_timesteps) < 1:
+        raise SpireError(f"--strength LO: {low} is below the first timestep (LO * T must be at least 1)")
+    if not 0 <= config.start_noise <= 1:
+        raise SpireError(f"--start-noise must be in [0, 1], got {config.start_noise}")
 
 
 class Stage:
@@ -237,6 +248,11 @@ class Stage:
         if not self.checkpoint_path.exists():
             raise SpireError(f"--resume: no checkpoint at {self.checkpoint_path}")
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        saved_strength = state.get("config", {}).get("strength")
+        if saved_strength is not None and self.config.strength is None:
+            raise SpireError(f"--resume: {self.checkpoint_path} was trained with --strength "
+                             f"{' '.join(map(str, saved_strength))} (one-step); give --strength again (and "
+                             "--start-noise), or the run would fall back to the diffusion loss")
         for name, module in self.trainable().items():
             module.load_state_dict(state["modules"][name])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -283,7 +299,7 @@ class VaeStage(Stage):
             crops = self.images.crops(generator, 32, 64).to(self.device) * 2 - 1
             std = float(self.vae.encode(crops).latent_dist.mean.std())
         self.vae.register_to_config(scaling_factor=round(1.0 / max(std, 1e-3), 5))
-        self.vae.save_pretrained(self.out / "vae", safe_serialization=True)
+        save_folder(self.vae, self.out / "vae")
         self.vae.train()
 
 
@@ -317,7 +333,7 @@ class DecoderStage(VaeStage):
 
     def export(self) -> None:
         """Same config (and scaling factor) as the VAE it started from: only decoder weights change."""
-        self.vae.save_pretrained(self.out / "vae", safe_serialization=True)
+        save_folder(self.vae, self.out / "vae")
 
     def evaluate(self) -> dict:
         """Reconstruction PSNR of the held-out 256x256 centre crops (the eval benchmark's images)."""
@@ -334,6 +350,24 @@ class DecoderStage(VaeStage):
                                           decoded[0].permute(1, 2, 0).cpu().numpy()), 2)
         self.vae.train()
         return {"reconstruction_psnr": values}
+
+
+def save_folder(module, folder: Path) -> None:
+    """save_pretrained beside `folder`, then swapped in: a stage reading it meanwhile never sees half a VAE."""
+    import shutil
+    import tempfile
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        module.save_pretrained(staging, safe_serialization=True)
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        staging.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def diff(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -447,8 +481,7 @@ class AdaptorStage(LatentStage):
         prediction = unet_forward_modulated(self.unet, z_t, t, semantic, modulations, self.strength)
         if self.config.strength is None:
             return F.mse_loss(prediction, v), {}
-        abar = self.abar[t].reshape(-1, 1, 1, 1)
-        landed = abar.sqrt() * z_t - (1 - abar).sqrt() * prediction  # x0 from v (Salimans & Ho 2022)
+        landed = self.schedule.predict_x0(z_t, prediction, t)  # where the one sampler step lands
         # The log of each pair's error, averaged: the latent-space mean PSNR, which is what eval scores. A plain
         # MSE lets the heavily noised pairs (large errors) drown out blur and JPEG, whose errors are small.
         per_pair = (landed - z0).pow(2).mean(dim=(1, 2, 3))
@@ -509,7 +542,8 @@ class AdaptorStage(LatentStage):
 def tracking_images(size: int = 128) -> dict[str, list[tuple]]:
     """Held-out centre crops with fixed degradations, for the gain log: (clean, degraded, degraded at the clean
     size, prompt); the pipeline itself resizes the degraded image to the prompt's output size."""
-    from ..degrade import degrade, degrade_explicit
+    from ..degrade import degrade_explicit
+    from ..evaluation.benchmark import mixed_degradation
     from ..pipeline import resize
 
     crops = []
@@ -523,7 +557,7 @@ def tracking_images(size: int = 128) -> dict[str, list[tuple]]:
         for family, kwargs in families.items():
             degraded, params = degrade_explicit(clean, seed=index, **kwargs)
             items[family].append((clean, degraded, degraded, str(params.prompt())))
-        degraded, params = degrade(clean, seed=1000 + index)
+        degraded, params = mixed_degradation(clean, 900 + index)  # eval's "mixed": >= 2 kinds
         y = resize(torch.from_numpy(degraded).permute(2, 0, 1)[None], clean.shape[:2])
         items["mixed"].append((clean, degraded, y[0].permute(1, 2, 0).numpy(), str(params.prompt())))
     return items

@@ -66,7 +66,12 @@ def check_same_encoder(vae: Path, reference: Path) -> None:
     ours, theirs = load_file(vae / weights), load_file(reference / weights)
     encoder = [name for name in theirs if name.startswith(("encoder.", "quant_conv."))]
     changed = [name for name in encoder if name not in ours or not torch.equal(ours[name], theirs[name])]
-    scaling = [json.loads((f / "config.json").read_text())["scaling_factor"] for f in (vae, reference)]
+    scaling = []
+    for folder in (vae, reference):
+        try:
+            scaling.append(json.loads((folder / "config.json").read_text(encoding="utf-8"))["scaling_factor"])
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelLoadError(f"{folder / 'config.json'}: no readable VAE scaling_factor ({error})") from None
     if changed or scaling[0] != scaling[1]:
         what = f"{len(changed)} encoder tensors differ" if changed else "its scaling factor differs"
         raise ModelLoadError(f"{vae}: not the VAE the model was trained with ({what}); only a decoder-stage "

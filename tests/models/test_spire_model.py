@@ -98,6 +98,10 @@ def test_restore_defaults_round_trip_and_unknown_keys_are_refused(saved_tiny, tm
     (folder / "spire.json").write_text(json.dumps(info))
     with pytest.raises(ModelLoadError, match="spire.json: restore_defaults has unknown options sharpness"):
         load_model(folder)
+    info["restore_defaults"] = {"strength": 2.0}
+    (folder / "spire.json").write_text(json.dumps(info))
+    with pytest.raises(ModelLoadError, match="spire.json: restore_defaults: strength must be in"):
+        load_model(folder)
 
 
 def test_text_layers_against_truncated_encoder():

@@ -68,6 +68,8 @@ def run_folder(tmp_path_factory):
             before = held_loss(stage)
             if name == "decoder":
                 losses["encoder_before"] = {k: v.clone() for k, v in stage.vae.encoder.state_dict().items()}
+                losses["quant_conv_before"] = stage.vae.quant_conv.weight.detach().clone()
+                losses["scaling_before"] = stage.vae.config.scaling_factor
             stage.train()
             losses[name] = (before, held_loss(stage))
     finally:
@@ -88,6 +90,8 @@ def test_decoder_stage_leaves_the_encoder_and_scaling_alone(run_folder):
     vae = load_component(folder / "vae", "vae")
     for name, tensor in vae.encoder.state_dict().items():
         assert torch.equal(tensor, losses["encoder_before"][name]), name
+    assert torch.equal(vae.quant_conv.weight, losses["quant_conv_before"])
+    assert vae.config.scaling_factor == losses["scaling_before"]
     assert json.loads((folder / "decoder.jsonl").read_text().splitlines()[-1])["final"]
 
 
@@ -134,12 +138,18 @@ def test_one_step_adaptor_learns_from_the_degraded_latent(run_folder, tmp_path, 
     assert held_loss(stage) < before
     model = load_model(tmp_path / "model")
     assert model.restore_defaults == {"steps": 1, "strength": 0.2, "start_noise": start_noise}
+    from spire_rt.errors import SpireError
+
+    with pytest.raises(SpireError, match="give --strength again"):  # resuming without it would change the loss
+        recipe.run_stage(config(tmp_path, "adaptor", steps=1, resume=True), SMALL)
 
 
 @pytest.mark.parametrize(("stage", "strength", "message"), [
     ("vae", (0.1, 0.3), "adaptor stage only"),
-    ("adaptor", (0.3, 0.1), "0 < LO <= HI <= 1"),
-    ("adaptor", (0.0, 0.5), "0 < LO <= HI <= 1"),
+    ("adaptor", (0.3, 0.1), "0 < LO <= HI < 1"),
+    ("adaptor", (0.0, 0.5), "0 < LO <= HI < 1"),
+    ("adaptor", (0.5, 1.0), "0 < LO <= HI < 1"),  # strength 1 is a pure-noise start in the runtime
+    ("adaptor", (0.0001, 0.2), "below the first timestep"),
 ])
 def test_bad_strength_is_refused(tmp_path, stage, strength, message):
     from spire_rt.errors import SpireError
@@ -148,6 +158,8 @@ def test_bad_strength_is_refused(tmp_path, stage, strength, message):
         recipe.run_stage(config(tmp_path, stage, strength=strength), SMALL)
     with pytest.raises(SpireError, match="--start-noise"):
         recipe.run_stage(config(tmp_path, "adaptor", strength=(0.1, 0.2), start_noise=-1.0), SMALL)
+    with pytest.raises(SpireError, match="--start-noise needs --strength"):
+        recipe.run_stage(config(tmp_path, "adaptor", start_noise=0.0), SMALL)
 
 
 def test_stages_write_folders_logs_and_checkpoints(run_folder):
