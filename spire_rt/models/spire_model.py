@@ -10,8 +10,6 @@ Weights are safetensors; nothing is fetched from a hub.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .. import __version__
 from ..errors import ModelLoadError
+from ..staging import staged_folder
 from .adaptor import SpireAdaptor, check_supported_unet, init_adaptor_from_unet
 from .networks import DenoiserNet, TextEncoderNet, VaeDecoderNet, VaeEncoderNet
 from .presets import PRESETS, get_preset
@@ -93,9 +92,7 @@ class SpireModel:
         folder = Path(folder)
         if folder.exists() and not overwrite:
             raise ModelLoadError(f"{folder} already exists (pass overwrite=True to replace it)")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with staged_folder(folder) as staging:
             for name, module in self.modules().items():
                 module.save_pretrained(staging / name, safe_serialization=True)
             self.tokenizer.save_pretrained(staging / "tokenizer")
@@ -109,11 +106,6 @@ class SpireModel:
             if self.restore_defaults:
                 info["restore_defaults"] = checked_restore_defaults(self.restore_defaults, folder)
             write_json(staging / SPIRE_FILE, info)
-            if folder.exists():
-                shutil.rmtree(folder)
-            staging.rename(folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return folder
 
 

@@ -40,6 +40,7 @@ from ..models.presets import Preset, get_preset
 from ..models.spire_model import SpireModel, load_component
 from ..models.tokenizer import MAX_LENGTH, build_grammar_tokenizer
 from ..sampling import NoiseSchedule
+from ..staging import staged_folder
 from .data import HELD_OUT, TrainingImages, degraded_pairs, load_skimage_image
 
 STAGES = ("vae", "decoder", "prior", "adaptor")
@@ -353,21 +354,9 @@ class DecoderStage(VaeStage):
 
 
 def save_folder(module, folder: Path) -> None:
-    """save_pretrained beside `folder`, then swapped in: a stage reading it meanwhile never sees half a VAE."""
-    import shutil
-    import tempfile
-
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    """save_pretrained into a staged folder: a stage reading `folder` meanwhile never sees half a VAE."""
+    with staged_folder(folder) as staging:
         module.save_pretrained(staging, safe_serialization=True)
-        old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            folder.rename(old)
-        staging.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def diff(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ModelLoadError
 from ..models.spire_model import SPIRE_FILE, checked_restore_defaults, write_json
+from ..staging import staged_folder
 
 
 def ship_fp16(source: Path, target: Path, vae: Path | None = None, restore_defaults: dict | None = None) -> Path:
@@ -30,9 +30,9 @@ def ship_fp16(source: Path, target: Path, vae: Path | None = None, restore_defau
         raise ModelLoadError(f"{source}: not a SPIRE folder (no {SPIRE_FILE})")
     if vae is not None:
         check_same_encoder(Path(vae), source / "vae")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    card = target / "MODEL_CARD.md"
+    kept_card = card.read_bytes() if card.is_file() else None
+    with staged_folder(target) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
         if vae is not None:
             shutil.rmtree(staging / "vae")
@@ -46,14 +46,8 @@ def ship_fp16(source: Path, target: Path, vae: Path | None = None, restore_defau
             tensors = {name: t.to(torch.float16) if t.is_floating_point() else t
                        for name, t in load_file(weights).items()}
             save_file(tensors, weights, metadata={"format": "pt"})
-        card = target / "MODEL_CARD.md"
-        if card.is_file():
-            shutil.copy2(card, staging / "MODEL_CARD.md")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if kept_card is not None:
+            (staging / "MODEL_CARD.md").write_bytes(kept_card)
     return target
 
 
