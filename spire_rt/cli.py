@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--model", default=DEFAULT_MODEL, help="preset name or model folder")
     restore.add_argument("--adaptor", default=None, help="SPIRE adaptor folder, when --model is a base SD folder")
     restore.add_argument("--backend", default=default_backend(), choices=BACKEND_NAMES)
+    restore.add_argument("--threads", type=int, default=None,
+                         help="CPU threads for the networks (onnxruntime, torch; default: the library's own)")
     restore.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda or cuda:N")
     restore.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
                          help="network precision (default: fp32 on cpu, fp16 on cuda)")
@@ -152,8 +154,11 @@ def run_restore(args) -> int:
     outputs = plan_outputs(inputs, args.output, args.overwrite)
     options = {field.name: getattr(args, field.name) for field in fields(RestoreOptions) if hasattr(args, field.name)}
     RestoreOptions(**options).validated()  # a malformed prompt fails before the model loads
+    if args.threads is not None and args.threads < 1:
+        raise SpireError(f"--threads must be a positive integer, got {args.threads}")
+    backend_options = {"threads": args.threads} if args.threads is not None else {}
     restorer = Restorer.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
-                                        adaptor=args.adaptor)
+                                        adaptor=args.adaptor, **backend_options)
     steps = restorer.resolve(options).steps
     if not restorer.model.trained:
         print(f"spire-rt: warning: model {restorer.model.name!r} has untrained (random) weights; its output is "

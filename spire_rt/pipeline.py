@@ -92,10 +92,11 @@ class Restorer:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, backend: str | None = None,
-                        device: str = DEFAULT_DEVICE,
-                        dtype=None, adaptor: str | None = None) -> Restorer:
+                        device: str = DEFAULT_DEVICE, dtype=None, adaptor: str | None = None,
+                        **backend_options) -> Restorer:
+        """`backend_options` go to the backend: `threads` (CPU), ONNX Runtime's `cache`, ... (create_backend)."""
         model = load_model(name_or_path, adaptor=adaptor)
-        return cls(model, create_backend(backend, model, device=device, dtype=dtype))
+        return cls(model, create_backend(backend, model, device=device, dtype=dtype, **backend_options))
 
     def __call__(self, image: Image.Image | np.ndarray, progress: Callable[[int, int], None] | None = None,
                  **options) -> Image.Image:

@@ -135,6 +135,26 @@ def test_restore_leaves_unset_options_to_the_model(tmp_path, capsys, monkeypatch
     assert ran.steps == 2 and ran.strength == Restorer.from_pretrained().model.restore_defaults.get("strength", 1.0)
 
 
+def test_restore_threads_reach_the_backend(tmp_path, capsys, monkeypatch):
+    from spire_rt import backends
+
+    seen = {}
+    original = backends.create_backend
+
+    def recording(name, model, **kwargs):  # records the options, builds the backend without touching threads
+        seen.update(kwargs)
+        return original(name, model, **{k: v for k, v in kwargs.items() if k != "threads"})
+
+    monkeypatch.setattr("spire_rt.pipeline.create_backend", recording)
+    source = write_png(tmp_path / "in.png", size=(32, 32))
+    status, _, err = run(["restore", source, "-o", tmp_path / "out.png", "--backend", "torch", "--threads", "1",
+                          "--quiet"], capsys)
+    assert status == 0, err
+    assert seen["threads"] == 1
+    status, _, err = run(["restore", source, "-o", tmp_path / "out2.png", "--threads", "0"], capsys)
+    assert_one_line_error(status, err, "--threads must be a positive integer")
+
+
 def test_damaged_checkpoint_folder(tmp_path, capsys):
     from spire_rt.models import build_preset
 

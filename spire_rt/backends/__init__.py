@@ -25,9 +25,10 @@ def create_backend(name: str | None, model, device="cpu", dtype=None, **options)
     if name == "torch":
         from .torch_backend import TorchBackend
 
-        if options:
-            raise OptionError(f"the torch backend takes no options ({', '.join(sorted(options))} given)")
-        return TorchBackend(model, device=device, dtype=dtype)
+        unknown = set(options) - {"threads"}
+        if unknown:
+            raise OptionError(f"the torch backend takes only `threads` ({', '.join(sorted(unknown))} given)")
+        return TorchBackend(model, device=device, dtype=dtype, **options)
     if name == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend
 
@@ -35,6 +36,8 @@ def create_backend(name: str | None, model, device="cpu", dtype=None, **options)
     if name == "torch-fast":
         from ..fast.backend import FastTorchBackend
 
+        if "threads" in options:
+            raise OptionError("threads: the torch-fast backend runs on CUDA; threads apply to onnxruntime and torch")
         return FastTorchBackend(model, device=device, dtype=dtype, **options)
     raise OptionError(f"unknown backend {name!r}; available: {', '.join(BACKEND_NAMES)}")
 

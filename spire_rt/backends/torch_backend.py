@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
+from ..errors import OptionError
 from ..models.networks import NETWORK_OUTPUTS
 from ..models.spire_model import SpireModel
 from .base import ordered_feeds, resolve_device, resolve_dtype
@@ -14,7 +15,12 @@ from .base import ordered_feeds, resolve_device, resolve_dtype
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: SpireModel, device: str | torch.device = "cpu", dtype=None):
+    def __init__(self, model: SpireModel, device: str | torch.device = "cpu", dtype=None,
+                 threads: int | None = None):
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise OptionError(f"threads must be a positive integer, got {threads!r}")
+            torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         for module in model.modules().values():
