@@ -40,5 +40,18 @@ def test_shipped_model_restores_a_noisy_image():
     noisy, params = degrade_explicit(clean, noise=0.1, seed=0)
     restored = np.asarray(restorer(noisy, restore=str(params.prompt()), seed=0))
     assert restored.shape == clean.shape
-    assert not np.allclose(restored, noisy)
-    assert psnr(clean, restored) > psnr(clean, noisy)
+    # Measured at shipping: 20.4 -> 29.0 dB on this held-out crop; a retrained model must still gain 5 dB.
+    assert psnr(clean, restored) > psnr(clean, noisy) + 5
+
+
+def test_shipped_model_is_a_deterministic_one_step_restorer():
+    from spire_rt.degrade import degrade_explicit
+    from spire_rt.pipeline import Restorer
+    from spire_rt.training.data import load_skimage_image
+
+    restorer = Restorer.from_pretrained("tiny")
+    assert restorer.resolve({}).steps == 1 and restorer.resolve({}).start_noise == 0.0
+    blurred, params = degrade_explicit(load_skimage_image("chelsea")[100:164, 150:230], blur=2.0, seed=0)
+    first = np.asarray(restorer(blurred, restore=str(params.prompt()), seed=0))
+    second = np.asarray(restorer(blurred, restore=str(params.prompt()), seed=1))
+    assert np.array_equal(first, second)  # no noise at the start: the seed does not matter
