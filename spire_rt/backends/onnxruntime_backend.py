@@ -104,23 +104,22 @@ def resolve_providers(requested: Iterable[str] | str | None, device: torch.devic
 
 
 def cpu_description() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> str:
+    return cpuinfo_field("flags") or platform.machine()
+
+
+def cpuinfo_field(key: str) -> str | None:
+    """The first `key: value` of /proc/cpuinfo (Linux), or None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
+            if line.startswith(key):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.machine()
+    return None
 
 
 def session_options(opt_level: str = "all", threads: int | None = None, spinning: bool = True,

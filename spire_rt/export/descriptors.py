@@ -196,6 +196,15 @@ def modulation_channels(model: SpireModel) -> list[int]:
     return [head.out_channels for head in heads]
 
 
+def modulation_specs(model: SpireModel, batch: str) -> tuple[TensorSpec, ...]:
+    """The modulation tensors between the adaptor and UNet graphs, at batch axis `batch` ("B" or "N")."""
+    specs = []
+    for name, level, channels in zip(modulation_names(model), modulation_levels(model), modulation_channels(model)):
+        suffix = f"/{2 ** level}" if level else ""
+        specs.append(TensorSpec(name, FLOAT, (batch, channels, "h" + suffix, "w" + suffix)))
+    return tuple(specs)
+
+
 # --- descriptors ------------------------------------------------------------------------------------------------
 
 class NetworkDescriptor:
@@ -465,11 +474,7 @@ class UnetDescriptor(NetworkDescriptor):
         dtypes = {"timestep": torch.int64}
         specs = [TensorSpec(name, dtypes.get(name, FLOAT), own[name])
                  for name in NETWORK_INPUTS["denoiser"] if name in own]
-        for name, level, channels in zip(modulation_names(model), modulation_levels(model),
-                                         modulation_channels(model)):
-            suffix = f"/{2 ** level}" if level else ""
-            specs.append(TensorSpec(name, FLOAT, ("N", channels, "h" + suffix, "w" + suffix)))
-        return tuple(specs)
+        return (*specs, *modulation_specs(model, "N"))
 
     def outputs(self):
         shape = ("N", self.model.unet.config.out_channels, "h", "w")
@@ -496,13 +501,7 @@ class AdaptorDescriptor(NetworkDescriptor):
                      for name in NETWORK_INPUTS["denoiser"] if name in own)
 
     def outputs(self):
-        model = self.model
-        specs = []
-        for name, level, channels in zip(modulation_names(model), modulation_levels(model),
-                                         modulation_channels(model)):
-            suffix = f"/{2 ** level}" if level else ""
-            specs.append(TensorSpec(name, FLOAT, ("B", channels, "h" + suffix, "w" + suffix)))
-        return tuple(specs)
+        return modulation_specs(self.model, "B")
 
     def build(self, model):
         return AdaptorNet(model.controlnet)

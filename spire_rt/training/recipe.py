@@ -285,12 +285,9 @@ class VaeStage(Stage):
         # Decoding the mean (the posterior's spread is left to the KL term) converges several times faster in a
         # CPU-sized budget, and the mean is all the runtime ever encodes (networks.VaeEncoderNet).
         reconstruction = self.vae.decode(posterior.mean).sample
-        l1 = (reconstruction - x).abs().mean()
-        gradient = sum((diff(reconstruction, d) - diff(x, d)).abs().mean() for d in (2, 3))
+        loss, metrics = reconstruction_loss(reconstruction, x)
         kl = posterior.kl().mean() / posterior.mean[0].numel()
-        mse = F.mse_loss(reconstruction.clamp(-1, 1), x)
-        psnr = 10 * torch.log10(4 / mse)  # images in [-1, 1]: peak-to-peak 2
-        return l1 + 0.5 * gradient + KL_WEIGHT * kl, {"l1": l1.item(), "kl": kl.item(), "psnr": psnr.item()}
+        return loss + KL_WEIGHT * kl, {**metrics, "kl": kl.item()}
 
     def export(self) -> None:
         """The VAE with its scaling factor set so the training latents have unit standard deviation."""
@@ -316,9 +313,6 @@ class DecoderStage(VaeStage):
         for part in self.decoder_parts:
             part.requires_grad_(True)
 
-    def trainable(self):
-        return {"vae": self.vae}
-
     def parameters(self):
         return [p for part in self.decoder_parts for p in part.parameters()]
 
@@ -326,11 +320,7 @@ class DecoderStage(VaeStage):
         x = self.clean_batch() * 2 - 1
         with torch.no_grad():
             latent = self.vae.encode(x).latent_dist.mean
-        reconstruction = self.vae.decode(latent).sample
-        l1 = (reconstruction - x).abs().mean()
-        gradient = sum((diff(reconstruction, d) - diff(x, d)).abs().mean() for d in (2, 3))
-        mse = F.mse_loss(reconstruction.clamp(-1, 1), x)
-        return l1 + 0.5 * gradient, {"l1": l1.item(), "psnr": (10 * torch.log10(4 / mse)).item()}
+        return reconstruction_loss(self.vae.decode(latent).sample, x)
 
     def export(self) -> None:
         """Same config (and scaling factor) as the VAE it started from: only decoder weights change."""
@@ -338,19 +328,29 @@ class DecoderStage(VaeStage):
 
     def evaluate(self) -> dict:
         """Reconstruction PSNR of the held-out 256x256 centre crops (the eval benchmark's images)."""
+        from ..evaluation.benchmark import centre_crop
+
         self.vae.eval()
         values = {}
         with torch.no_grad():
             for name in HELD_OUT:
-                image = load_skimage_image(name)
-                y0, x0 = (image.shape[0] - 256) // 2, (image.shape[1] - 256) // 2
-                clean = torch.from_numpy(image[y0:y0 + 256, x0:x0 + 256]).permute(2, 0, 1)[None].to(self.device)
+                crop = centre_crop(load_skimage_image(name))
+                clean = torch.from_numpy(crop).permute(2, 0, 1)[None].to(self.device)
                 latent = self.vae.encode(clean * 2 - 1).latent_dist.mean
                 decoded = ((self.vae.decode(latent).sample + 1) / 2).clamp(0, 1)
                 values[name] = round(psnr(clean[0].permute(1, 2, 0).cpu().numpy(),
                                           decoded[0].permute(1, 2, 0).cpu().numpy()), 2)
         self.vae.train()
         return {"reconstruction_psnr": values}
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """L1 + 0.5 L1 of image gradients (images in [-1, 1]), with the batch PSNR for the log."""
+    l1 = (reconstruction - x).abs().mean()
+    gradient = sum((diff(reconstruction, d) - diff(x, d)).abs().mean() for d in (2, 3))
+    mse = F.mse_loss(reconstruction.clamp(-1, 1), x)
+    psnr = 10 * torch.log10(4 / mse)  # peak-to-peak 2
+    return l1 + 0.5 * gradient, {"l1": l1.item(), "psnr": psnr.item()}
 
 
 def save_folder(module, folder: Path) -> None:
@@ -461,8 +461,7 @@ class AdaptorStage(LatentStage):
         else:
             # What the pipeline runs at strength s and one step: start from E(y) noised to t(s), land on x0.
             t = self.one_step_timesteps(z0.shape[0])
-            abar = self.abar[t].reshape(-1, 1, 1, 1)
-            z_t = abar.sqrt() * y_latent + self.config.start_noise * (1 - abar).sqrt() * torch.randn_like(y_latent)
+            z_t = self.schedule.add_noise(y_latent, self.config.start_noise * torch.randn_like(y_latent), t)
         restore = self.encode_text(self.text_encoder, prompts)
         # The UNet's semantic prompt is "" through the same (trained) encoder, exactly as the pipeline feeds it.
         semantic = self.encode_text(self.text_encoder, [""]).expand(z0.shape[0], -1, -1)
@@ -500,7 +499,8 @@ class AdaptorStage(LatentStage):
         """What the runtime should run by default: one step at the middle of the trained strengths."""
         if self.config.strength is None:
             return {}
-        return {"steps": 1, "strength": round(sum(self.config.strength) / 2, 3), "start_noise": self.config.start_noise}
+        return {"steps": 1, "strength": round(sum(self.config.strength) / 2, 3),
+                "start_noise": self.config.start_noise}
 
     def export(self) -> None:
         self.model().save(self.out / "model", overwrite=True)
