@@ -41,6 +41,7 @@ __all__ = [
     "degrade",
     "degrade_explicit",
     "sample_params",
+    "sample_single_params",
 ]
 
 
@@ -191,6 +192,27 @@ def sample_params(rng: np.random.Generator, input_size: tuple[int, int]) -> Degr
     return DegradationParams(stages, input_size, _output_size(input_size, stages), seed=None)
 
 
+def sample_single_params(rng: np.random.Generator, input_size: tuple[int, int]) -> DegradationParams:
+    """One operation (blur, downscale, noise or JPEG, equally likely) from stage 1's range, the rest skipped.
+
+    Not part of SPIRE's distribution, where a lone operation is 1 draw in 32: a training mixture adds these so
+    a small model also learns to undo one well-stated degradation precisely (what a benchmark family asks)."""
+    input_size = _check_size(input_size)
+    ranges, operation = STAGE1_RANGES, int(rng.integers(4))
+    draws: dict[str, Any] = {}
+    if operation == 0:
+        draws["blur_sigma"] = float(rng.uniform(*ranges.blur_sigma))
+    elif operation == 1:
+        draws["downscale"] = float(rng.uniform(*ranges.downscale))
+    elif operation == 2:
+        draws["noise_sigma"] = float(rng.uniform(*ranges.noise_sigma))
+        draws["noise_grey"] = bool(rng.random() < ranges.p_grey)
+    else:
+        draws["jpeg_quality"] = int(rng.integers(ranges.jpeg_quality[0], ranges.jpeg_quality[1], endpoint=True))
+    stages = (StageParams(**draws),)
+    return DegradationParams(stages, input_size, _output_size(input_size, stages), seed=None)
+
+
 def _sample_stage(rng: np.random.Generator, ranges: StageRanges) -> StageParams:
     # The draw order is fixed (skip coin, then value, op by op) so a seed always means the same parameters.
     blur = None if rng.random() < ranges.p_skip else float(rng.uniform(*ranges.blur_sigma))
@@ -271,13 +293,14 @@ def _output_size(input_size: tuple[int, int], stages: tuple[StageParams, ...]) -
 # --- entry points -------------------------------------------------------------------------------------------
 
 
-def degrade(image: np.ndarray, seed: int) -> tuple[np.ndarray, DegradationParams]:
-    """The random two-stage degradation; the same seed gives the same parameters and a bitwise-equal image."""
+def degrade(image: np.ndarray, seed: int, sampler=sample_params) -> tuple[np.ndarray, DegradationParams]:
+    """The random two-stage degradation (or `sampler`'s draw, e.g. sample_single_params); the same seed gives
+    the same parameters and a bitwise-equal image."""
     seed = _check_seed(seed)
     x = _check_image(image)
     # Separate streams: the parameters for a seed do not depend on how many noise values the image needs.
     params_rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    params = dataclasses.replace(sample_params(params_rng, x.shape[:2]), seed=seed)
+    params = dataclasses.replace(sampler(params_rng, x.shape[:2]), seed=seed)
     return apply_degradation(x, params, noise_rng), params
 
 

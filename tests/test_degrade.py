@@ -20,6 +20,7 @@ from spire_rt.degrade import (
     degrade,
     degrade_explicit,
     sample_params,
+    sample_single_params,
 )
 from spire_rt.prompts import RestorationPrompt, parse_restoration_prompt
 
@@ -137,6 +138,29 @@ def test_stage_draws_respect_the_table() -> None:
         noisy = [s for s in stages if s.noise_sigma is not None]
         assert 0.34 < sum(s.noise_grey for s in noisy) / len(noisy) < 0.46  # P(grey) = 0.4
         assert not any(s.noise_grey for s in stages if s.noise_sigma is None)
+
+
+def test_single_draws_state_one_operation_from_stage_one() -> None:
+    rng = np.random.default_rng(3)
+    draws = [sample_single_params(rng, SIZE) for _ in range(800)]
+    counts = dict.fromkeys(("blur_sigma", "downscale", "noise_sigma", "jpeg_quality"), 0)
+    for params in draws:
+        (stage,) = params.stages
+        present = [field for field in counts if getattr(stage, field) is not None]
+        assert len(present) == 1
+        field = present[0]
+        lo, hi = getattr(STAGE1_RANGES, field)
+        assert lo <= getattr(stage, field) <= hi
+        counts[field] += 1
+    assert all(150 < n < 250 for n in counts.values()), counts  # each operation a quarter of the time
+
+
+def test_degrade_with_a_sampler_is_seeded_and_states_its_operation(image: np.ndarray) -> None:
+    first, params = degrade(image, seed=5, sampler=sample_single_params)
+    again, same = degrade(image, seed=5, sampler=sample_single_params)
+    assert np.array_equal(first, again) and params == same and len(params.stages) == 1
+    stated = parse_restoration_prompt(str(params.prompt()))
+    assert sum(value is not None for value in (stated.deblur, stated.upsample, stated.denoise, stated.dejpeg)) <= 1
 
 
 def test_to_dict_is_json(image: np.ndarray) -> None:

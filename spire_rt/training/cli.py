@@ -38,6 +38,9 @@ def register(commands) -> None:
                              "(start from the degraded latent noised to t(s), loss on the clean latent)")
     parser.add_argument("--start-noise", type=float, default=1.0,
                         help="adaptor, with --strength: scale of the noise at the start (0: deterministic)")
+    parser.add_argument("--single-rate", type=float, default=0.0,
+                        help="adaptor: share of training pairs degraded by one operation (blur, downscale, noise "
+                             "or JPEG from stage 1's range) instead of SPIRE's two-stage draw (default 0)")
     parser.add_argument("--default-strength", type=float,
                         help="ship: the SDEdit strength to record as the model's default (chosen on validation "
                              "images; otherwise the adaptor stage's middle of --strength)")
@@ -70,7 +73,8 @@ def run_train(args) -> int:
                          batch=args.batch, crop=args.crop, lr=args.lr, device=args.device, resume=args.resume,
                          seed=args.seed, threads=args.threads, checkpoint_minutes=args.checkpoint_minutes,
                          eval_minutes=args.eval_minutes, leaves=args.leaves, quiet=args.quiet,
-                         strength=tuple(args.strength) if args.strength else None, start_noise=args.start_noise)
+                         strength=tuple(args.strength) if args.strength else None, start_noise=args.start_noise,
+                         single_rate=args.single_rate)
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))
     return 0

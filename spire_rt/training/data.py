@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..degrade import degrade
+from ..degrade import degrade, sample_params, sample_single_params
 from ..prompts import BLIND_PROMPT
 
 # Held out for evaluation (chelsea is the README's example image, so it must never be trained on).
@@ -149,22 +149,25 @@ class TrainingImages:
         return torch.from_numpy(np.stack([self.crop(rng, size) for _ in range(batch)])).permute(0, 3, 1, 2)
 
 
-def degraded_pair(clean: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
-    """y at the clean image's size (as the pipeline resizes y to the output size) and its restoration prompt."""
+def degraded_pair(clean: np.ndarray, seed: int, single: bool = False) -> tuple[np.ndarray, str]:
+    """y at the clean image's size (as the pipeline resizes y to the output size) and its restoration prompt;
+    `single`: one stage-1 operation instead of SPIRE's two-stage draw."""
     from ..pipeline import resize
 
-    degraded, params = degrade(clean, seed=seed)
+    degraded, params = degrade(clean, seed=seed, sampler=sample_single_params if single else sample_params)
     y = torch.from_numpy(degraded).permute(2, 0, 1)[None]
     y = resize(y, clean.shape[:2])[0].permute(1, 2, 0).numpy()
     return y, str(params.prompt())
 
 
-def degraded_pairs(clean: torch.Tensor, rng: np.random.Generator,
-                   blind_rate: float = BLIND_RATE) -> tuple[torch.Tensor, list[str]]:
-    """Degrade each image of `clean` [B, 3, H, W]; the prompt is the blind one with probability `blind_rate`."""
+def degraded_pairs(clean: torch.Tensor, rng: np.random.Generator, blind_rate: float = BLIND_RATE,
+                   single_rate: float = 0.0) -> tuple[torch.Tensor, list[str]]:
+    """Degrade each image of `clean` [B, 3, H, W]: a single operation with probability `single_rate`, else the
+    two-stage draw; the prompt is the blind one with probability `blind_rate`."""
     ys, prompts = [], []
     for image in clean.permute(0, 2, 3, 1).numpy():
-        y, prompt = degraded_pair(image, seed=int(rng.integers(2**31)))
+        single = single_rate > 0 and bool(rng.random() < single_rate)  # rate 0 leaves the stream as it was
+        y, prompt = degraded_pair(image, seed=int(rng.integers(2**31)), single=single)
         ys.append(y)
         prompts.append(BLIND_PROMPT if rng.random() < blind_rate else prompt)
     return torch.from_numpy(np.stack(ys)).permute(0, 3, 1, 2).contiguous(), prompts

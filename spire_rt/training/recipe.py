@@ -67,6 +67,7 @@ class StageConfig:
     quiet: bool = False
     strength: tuple[float, float] | None = None  # adaptor: train one-step restoration from these SDEdit strengths
     start_noise: float = 1.0  # adaptor, with strength: the scale of the noise at the start (0: deterministic)
+    single_rate: float = 0.0  # adaptor: share of pairs degraded by one stage-1 operation instead of two stages
     extra: dict = field(default_factory=dict)
 
 
@@ -107,6 +108,10 @@ def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
 
 
 def check_one_step_options(config: StageConfig, num_train_timesteps: int) -> None:
+    if config.single_rate and config.stage != "adaptor":
+        raise SpireError("--single-rate applies to the adaptor stage only")
+    if not 0 <= config.single_rate <= 1:
+        raise SpireError(f"--single-rate must be in [0, 1], got {config.single_rate}")
     if config.strength is None:
         if config.start_noise != 1.0:
             raise SpireError("--start-noise needs --strength LO HI (it scales the noise of the one-step start)")
@@ -453,7 +458,7 @@ class AdaptorStage(LatentStage):
 
     def loss(self):
         clean = self.clean_batch()
-        y, prompts = degraded_pairs(clean.cpu(), self.rng)
+        y, prompts = degraded_pairs(clean.cpu(), self.rng, single_rate=self.config.single_rate)
         z0, y_latent = self.latents(clean), self.latents(y.to(self.device))
         if self.config.strength is None:
             t = self.random_timesteps(z0.shape[0], HIGH_T_RATE)
@@ -540,7 +545,7 @@ def tracking_images(size: int = 128) -> dict[str, list[tuple]]:
         image = load_skimage_image(name)
         y0, x0 = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
         crops.append(image[y0:y0 + size, x0:x0 + size])
-    families = {"denoise_0.10": {"noise": 0.10}, "deblur_2.0": {"blur": 2.0}}
+    families = {"denoise_0.10": {"noise": 0.10}, "deblur_2.0": {"blur": 2.0}, "dejpeg_20": {"jpeg": 20}}
     items: dict[str, list] = {family: [] for family in (*families, "mixed")}
     for index, clean in enumerate(crops):
         for family, kwargs in families.items():

@@ -11,6 +11,7 @@ import torch
 
 from spire_rt.models.presets import TINY
 from spire_rt.models.spire_model import load_model
+from spire_rt.prompts import BLIND_PROMPT
 from spire_rt.training import recipe
 from spire_rt.training.data import HELD_OUT, TRAIN_IMAGES, TrainingImages, dead_leaves, degraded_pairs
 from spire_rt.training.recipe import StageConfig
@@ -203,6 +204,28 @@ def test_crops_and_pairs_have_the_right_shapes():
     y, prompts = degraded_pairs(clean, rng, blind_rate=0.5)
     assert y.shape == clean.shape and len(prompts) == 6
     assert all(isinstance(p, str) and p for p in prompts)
+
+
+def test_single_rate_mixes_in_one_operation_pairs():
+    rng = np.random.default_rng(1)
+    clean = torch.rand(40, 3, 24, 24)
+    _, two_stage = degraded_pairs(clean, np.random.default_rng(1), blind_rate=0.0)
+    _, single = degraded_pairs(clean, rng, blind_rate=0.0, single_rate=1.0)
+    clauses = [prompt.count(";") + 1 for prompt in single if prompt != BLIND_PROMPT]
+    assert clauses and max(clauses) == 1  # one stated operation (a tiny downscale may state none)
+    assert max(prompt.count(";") + 1 for prompt in two_stage) > 1
+
+
+@pytest.mark.parametrize(("stage", "rate", "message"), [
+    ("adaptor", 1.5, r"--single-rate must be in \[0, 1\]"),
+    ("adaptor", -0.1, r"--single-rate must be in \[0, 1\]"),
+    ("vae", 0.5, "adaptor stage only"),
+])
+def test_bad_single_rate_is_refused(tmp_path, stage, rate, message):
+    from spire_rt.errors import SpireError
+
+    with pytest.raises(SpireError, match=message):
+        recipe.run_stage(config(tmp_path, stage, single_rate=rate), SMALL)
 
 
 def test_cosine_lr_warms_up_and_decays():
