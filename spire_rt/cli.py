@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--backend", default=default_backend(), choices=BACKEND_NAMES)
     restore.add_argument("--threads", type=int, default=None,
                          help="CPU threads for the networks (onnxruntime, torch; default: the library's own)")
+    restore.add_argument("--cache", default=None,
+                         help="onnxruntime: ONNX artifact cache root (default: $SPIRE_RT_CACHE or ~/.cache/spire-rt)")
     restore.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda or cuda:N")
     restore.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
                          help="network precision (default: fp32 on cpu, fp16 on cuda)")
@@ -157,6 +159,10 @@ def run_restore(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise SpireError(f"--threads must be a positive integer, got {args.threads}")
     backend_options = {"threads": args.threads} if args.threads is not None else {}
+    if args.cache is not None:
+        if args.backend != "onnxruntime":  # the other backends export nothing, so a cache would be silently unused
+            raise SpireError(f"--cache: only the onnxruntime backend keeps an artifact cache, not {args.backend}")
+        backend_options["cache"] = args.cache
     restorer = Restorer.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                                         adaptor=args.adaptor, **backend_options)
     steps = restorer.resolve(options).steps

@@ -155,6 +155,20 @@ def test_restore_threads_reach_the_backend(tmp_path, capsys, monkeypatch):
     assert_one_line_error(status, err, "--threads must be a positive integer")
 
 
+def test_restore_cache_holds_the_onnxruntime_artifacts(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    source = write_png(tmp_path / "in.png", size=(32, 32))
+    cache = tmp_path / "cache"
+    status, _, err = run(["restore", source, "-o", tmp_path / "out.png", "--backend", "onnxruntime",
+                          "--cache", cache, "--quiet"], capsys)
+    assert status == 0, err
+    assert list(cache.rglob("*.onnx"))
+    status, _, err = run(["restore", source, "-o", tmp_path / "out2.png", "--backend", "torch", "--cache", cache],
+                         capsys)
+    assert_one_line_error(status, err, "--cache: only the onnxruntime backend")
+    assert not (tmp_path / "out2.png").exists()
+
+
 def test_damaged_checkpoint_folder(tmp_path, capsys):
     from spire_rt.models import build_preset
 
