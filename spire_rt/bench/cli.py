@@ -27,6 +27,8 @@ HELP = {
     "threads": "intra-op threads for torch and ONNX Runtime; if not given, each library's own",
     "note": "free text recorded in the JSON (e.g. what else ran on the machine)",
     "count_flops": "count each stage's FLOPs (one extra PyTorch call per stage)",
+    "model_defaults": "end-to-end stage: sample with the model's own restore_defaults (a one-step model's steps "
+                      "and strength) instead of --steps and --guidance",
 }
 
 

@@ -49,6 +49,7 @@ class BenchConfig:
     threads: int | None = None  # torch and ONNX Runtime intra-op threads (default: each library's own)
     note: str = ""
     count_flops: bool = True
+    model_defaults: bool = False  # end-to-end: the model's own restore_defaults instead of steps and guidance
 
     def validated(self) -> BenchConfig:
         if self.repeats < 1 or self.warmup < 0 or self.steps < 1:
@@ -254,11 +255,15 @@ def benchmark(config: BenchConfig, report) -> dict:
     for stage in config.stages:
         entry = {"backends": {}}
         if stage == "end_to_end":
-            def call(run):
+            # What a user's default restoration runs, or a fixed number of guided steps comparable across models.
+            sampling = {} if config.model_defaults else {"guidance": config.guidance, "steps": config.steps}
+
+            def call(run, sampling=sampling):
                 run.restorer.prompts.cache.clear()
-                return run.restorer(image, restore=RESTORE_PROMPT, prompt=SEMANTIC_PROMPT, guidance=config.guidance,
-                                    steps=config.steps, seed=config.seed)
-            entry["what"] = f"Restorer call: {config.steps} guided steps, text encoding, VAE encode and decode"
+                return run.restorer(image, restore=RESTORE_PROMPT, prompt=SEMANTIC_PROMPT, seed=config.seed,
+                                    **sampling)
+            sampled = "the model's default sampling" if config.model_defaults else f"{config.steps} guided steps"
+            entry["what"] = f"Restorer call: {sampled}, text encoding, VAE encode and decode"
         else:
             feeds = stage_feeds(model, stage, config.size, config.seed)
             entry["what"] = {"text_encoder": "one prompt", "vae_encoder": "one image",

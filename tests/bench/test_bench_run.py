@@ -38,6 +38,19 @@ def test_bench_writes_json_and_chart(tmp_path, capsys):
         assert chart.format == "PNG" and chart.size[0] == 1000
 
 
+def test_bench_end_to_end_with_the_model_defaults(tmp_path):
+    from spire_rt.models.spire_model import load_model
+
+    result_path = tmp_path / "bench.json"
+    argv = ["bench", "--model", "tiny", "--size", "32x32", "--repeats", "1", "--backends", "torch", "--stages",
+            "end_to_end", "--model-defaults", "--json", str(result_path)]
+    assert main(argv) == 0
+    entry = json.loads(result_path.read_text())["stages"]["end_to_end"]
+    defaults = load_model("tiny").restore_defaults
+    assert defaults and "default sampling" in entry["what"]
+    assert {key: entry["options"][key] for key in defaults} == defaults  # not --steps 4 and guidance 4
+
+
 def test_backend_specs():
     assert parse_backend("onnxruntime:quantize=int8:threads=2") == ("onnxruntime", {"quantize": "int8",
                                                                                    "threads": 2})
