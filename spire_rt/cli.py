@@ -147,22 +147,31 @@ def plan_outputs(inputs: list[Path], output: str, overwrite: bool) -> list[Path]
     return [check_output_path(target, overwrite) for target in targets]
 
 
+def restore_backend_options(args) -> dict:
+    """--threads and --cache as backend options, checked before anything is read or written."""
+    options = {}
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SpireError(f"--threads must be a positive integer, got {args.threads}")
+        options["threads"] = args.threads
+    if args.cache is not None:
+        if args.backend != "onnxruntime":  # the other backends export nothing, so a cache would be silently unused
+            raise SpireError(f"--cache needs --backend onnxruntime (the {args.backend} backend exports nothing "
+                             "to cache)")
+        options["cache"] = args.cache
+    return options
+
+
 def run_restore(args) -> int:
     from tqdm import tqdm
 
     from .pipeline import RestoreOptions, Restorer
 
-    inputs = collect_inputs(args.inputs)
-    outputs = plan_outputs(inputs, args.output, args.overwrite)
     options = {field.name: getattr(args, field.name) for field in fields(RestoreOptions) if hasattr(args, field.name)}
     RestoreOptions(**options).validated()  # a malformed prompt fails before the model loads
-    if args.threads is not None and args.threads < 1:
-        raise SpireError(f"--threads must be a positive integer, got {args.threads}")
-    backend_options = {"threads": args.threads} if args.threads is not None else {}
-    if args.cache is not None:
-        if args.backend != "onnxruntime":  # the other backends export nothing, so a cache would be silently unused
-            raise SpireError(f"--cache: only the onnxruntime backend keeps an artifact cache, not {args.backend}")
-        backend_options["cache"] = args.cache
+    backend_options = restore_backend_options(args)
+    inputs = collect_inputs(args.inputs)
+    outputs = plan_outputs(inputs, args.output, args.overwrite)
     restorer = Restorer.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                                         adaptor=args.adaptor, **backend_options)
     steps = restorer.resolve(options).steps

@@ -22,6 +22,7 @@ import dataclasses
 import io
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ __all__ = [
     "STAGE1_RANGES",
     "STAGE2_RANGES",
     "DegradationParams",
+    "Sampler",
     "StageParams",
     "StageRanges",
     "apply_degradation",
@@ -293,7 +295,10 @@ def _output_size(input_size: tuple[int, int], stages: tuple[StageParams, ...]) -
 # --- entry points -------------------------------------------------------------------------------------------
 
 
-def degrade(image: np.ndarray, seed: int, sampler=sample_params) -> tuple[np.ndarray, DegradationParams]:
+Sampler = Callable[[np.random.Generator, tuple[int, int]], DegradationParams]
+
+
+def degrade(image: np.ndarray, seed: int, sampler: Sampler = sample_params) -> tuple[np.ndarray, DegradationParams]:
     """The random two-stage degradation (or `sampler`'s draw, e.g. sample_single_params); the same seed gives
     the same parameters and a bitwise-equal image."""
     seed = _check_seed(seed)

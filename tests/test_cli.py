@@ -165,7 +165,7 @@ def test_restore_cache_holds_the_onnxruntime_artifacts(tmp_path, capsys):
     assert list(cache.rglob("*.onnx"))
     status, _, err = run(["restore", source, "-o", tmp_path / "out2.png", "--backend", "torch", "--cache", cache],
                          capsys)
-    assert_one_line_error(status, err, "--cache: only the onnxruntime backend")
+    assert_one_line_error(status, err, "--cache needs --backend onnxruntime")
     assert not (tmp_path / "out2.png").exists()
 
 

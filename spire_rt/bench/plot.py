@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .runner import sampling_label
+
 COLOURS = [(90, 90, 90), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (23, 190, 207)]
 WIDTH = 1000
@@ -42,7 +44,7 @@ def draw_chart(result: dict, path: str | Path) -> Path:
 
     config, machine = result["config"], result["machine"]
     title = (f"spire-rt bench: {result['model']['name']} {config['size'][0]}x{config['size'][1]}, "
-             f"{config['steps']} steps, median of {config['repeats']}")
+             f"{sampling_label(config)}, median of {config['repeats']}")
     draw.text((MARGIN, 10), title, fill="black", font=title_font)
     load = result.get("load", {})
     threads = config.get("threads") or "library default"

@@ -63,6 +63,14 @@ class BenchConfig:
         return self
 
 
+def sampling_label(config: BenchConfig | dict) -> str:
+    """How the end-to-end stage samples, for reports and chart titles (`config` may be the result's dict)."""
+    values = config if isinstance(config, dict) else asdict(config)
+    if values.get("model_defaults"):
+        return "the model's default sampling"
+    return f"{values['steps']} guided steps"
+
+
 def parse_backend(spec: str) -> tuple[str, dict]:
     """`onnxruntime:quantize=int8:opt_level=basic` -> ("onnxruntime", {"quantize": "int8", "opt_level": "basic"})."""
     from ..backends import BACKEND_NAMES
@@ -220,7 +228,7 @@ def benchmark(config: BenchConfig, report) -> dict:
     if config.size[0] % multiple or config.size[1] % multiple:
         raise OptionError(f"--size must be a multiple of {multiple} for {config.model}")
     report(f"model {model.name} ({'trained' if model.trained else 'random weights'}), {config.size[0]}x"
-           f"{config.size[1]}, {config.steps} steps, {config.repeats} repeats, backends {', '.join(config.backends)}")
+           f"{config.size[1]}, {sampling_label(config)}, {config.repeats} repeats, backends {', '.join(config.backends)}")
 
     runs = []
     for spec in config.backends:
@@ -255,15 +263,15 @@ def benchmark(config: BenchConfig, report) -> dict:
     for stage in config.stages:
         entry = {"backends": {}}
         if stage == "end_to_end":
-            # What a user's default restoration runs, or a fixed number of guided steps comparable across models.
-            sampling = {} if config.model_defaults else {"guidance": config.guidance, "steps": config.steps}
+            # What `spire-rt restore IMAGE --restore ...` runs (no semantic prompt, the model's own sampling), or
+            # a fixed number of guided steps, comparable across models.
+            sampling = ({} if config.model_defaults else
+                        {"prompt": SEMANTIC_PROMPT, "guidance": config.guidance, "steps": config.steps})
 
             def call(run, sampling=sampling):
                 run.restorer.prompts.cache.clear()
-                return run.restorer(image, restore=RESTORE_PROMPT, prompt=SEMANTIC_PROMPT, seed=config.seed,
-                                    **sampling)
-            sampled = "the model's default sampling" if config.model_defaults else f"{config.steps} guided steps"
-            entry["what"] = f"Restorer call: {sampled}, text encoding, VAE encode and decode"
+                return run.restorer(image, restore=RESTORE_PROMPT, seed=config.seed, **sampling)
+            entry["what"] = f"Restorer call: {sampling_label(config)}, text encoding, VAE encode and decode"
         else:
             feeds = stage_feeds(model, stage, config.size, config.seed)
             entry["what"] = {"text_encoder": "one prompt", "vae_encoder": "one image",
@@ -279,7 +287,8 @@ def benchmark(config: BenchConfig, report) -> dict:
         samples = {run.label: [] for run in runs}
         # Warm-up: session creation (and export, if the cache is cold) happens here. The end-to-end stage needs
         # none of its own when the stages before it already ran every network it uses (at its shapes).
-        warmed = stage == "end_to_end" and set(PIPELINE_STAGES) <= set(result["stages"])
+        # (With the model's defaults, which networks it runs depends on the model: always warm up.)
+        warmed = stage == "end_to_end" and not config.model_defaults and set(PIPELINE_STAGES) <= set(result["stages"])
         warmups = config.warmup if warmed else max(1, config.warmup)
         outputs = {}
         for run in runs:

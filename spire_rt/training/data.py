@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..degrade import degrade, sample_params, sample_single_params
+from ..degrade import Sampler, degrade, sample_params, sample_single_params
 from ..prompts import BLIND_PROMPT
 
 # Held out for evaluation (chelsea is the README's example image, so it must never be trained on).
@@ -149,12 +149,11 @@ class TrainingImages:
         return torch.from_numpy(np.stack([self.crop(rng, size) for _ in range(batch)])).permute(0, 3, 1, 2)
 
 
-def degraded_pair(clean: np.ndarray, seed: int, single: bool = False) -> tuple[np.ndarray, str]:
-    """y at the clean image's size (as the pipeline resizes y to the output size) and its restoration prompt;
-    `single`: one stage-1 operation instead of SPIRE's two-stage draw."""
+def degraded_pair(clean: np.ndarray, seed: int, sampler: Sampler = sample_params) -> tuple[np.ndarray, str]:
+    """y at the clean image's size (as the pipeline resizes y to the output size) and its restoration prompt."""
     from ..pipeline import resize
 
-    degraded, params = degrade(clean, seed=seed, sampler=sample_single_params if single else sample_params)
+    degraded, params = degrade(clean, seed=seed, sampler=sampler)
     y = torch.from_numpy(degraded).permute(2, 0, 1)[None]
     y = resize(y, clean.shape[:2])[0].permute(1, 2, 0).numpy()
     return y, str(params.prompt())
@@ -167,7 +166,8 @@ def degraded_pairs(clean: torch.Tensor, rng: np.random.Generator, blind_rate: fl
     ys, prompts = [], []
     for image in clean.permute(0, 2, 3, 1).numpy():
         single = single_rate > 0 and bool(rng.random() < single_rate)  # rate 0 leaves the stream as it was
-        y, prompt = degraded_pair(image, seed=int(rng.integers(2**31)), single=single)
+        sampler = sample_single_params if single else sample_params
+        y, prompt = degraded_pair(image, seed=int(rng.integers(2**31)), sampler=sampler)
         ys.append(y)
         prompts.append(BLIND_PROMPT if rng.random() < blind_rate else prompt)
     return torch.from_numpy(np.stack(ys)).permute(0, 3, 1, 2).contiguous(), prompts

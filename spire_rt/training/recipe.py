@@ -10,6 +10,8 @@
              degraded latent E(y) noised to a timestep of strength in [LO, HI] (the noise scaled by
              --start-noise; 0 makes a deterministic one-step restorer), and the loss is the log of the
              error of the clean latent the one step lands on (x0 = alpha_t z_t - sigma_t v), per pair.
+             --single-rate R degrades that share of the pairs by one stage-1 operation instead of two stages,
+             so a small model also learns to undo one well-stated degradation; a resume may change it.
 
 Each stage reads the folders the previous one wrote, checkpoints to RUN/<stage>.ckpt every few minutes (model,
 optimiser, step, RNG states, so --resume carries on), and logs JSON lines to RUN/<stage>.jsonl. A stage stops at
@@ -96,7 +98,7 @@ def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
     if config.steps is None and config.minutes is None:
         raise SpireError("give --steps or --minutes (or both: the stage stops at whichever comes first)")
     preset = preset or get_preset("tiny")
-    check_one_step_options(config, int(preset.scheduler.get("num_train_timesteps", 1000)))
+    check_stage_options(config, int(preset.scheduler.get("num_train_timesteps", 1000)))
     torch.set_num_threads(config.threads)
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -107,7 +109,7 @@ def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
     return trainer.train()
 
 
-def check_one_step_options(config: StageConfig, num_train_timesteps: int) -> None:
+def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
     if config.single_rate and config.stage != "adaptor":
         raise SpireError("--single-rate applies to the adaptor stage only")
     if not 0 <= config.single_rate <= 1:
@@ -537,7 +539,7 @@ def tracking_images(size: int = 128) -> dict[str, list[tuple]]:
     """Held-out centre crops with fixed degradations, for the gain log: (clean, degraded, degraded at the clean
     size, prompt); the pipeline itself resizes the degraded image to the prompt's output size."""
     from ..degrade import degrade_explicit
-    from ..evaluation.benchmark import mixed_degradation
+    from ..evaluation.benchmark import FAMILIES, mixed_degradation
     from ..pipeline import resize
 
     crops = []
@@ -545,7 +547,7 @@ def tracking_images(size: int = 128) -> dict[str, list[tuple]]:
         image = load_skimage_image(name)
         y0, x0 = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
         crops.append(image[y0:y0 + size, x0:x0 + size])
-    families = {"denoise_0.10": {"noise": 0.10}, "deblur_2.0": {"blur": 2.0}, "dejpeg_20": {"jpeg": 20}}
+    families = {family: FAMILIES[family] for family in ("denoise_0.10", "deblur_2.0", "dejpeg_20")}
     items: dict[str, list] = {family: [] for family in (*families, "mixed")}
     for index, clean in enumerate(crops):
         for family, kwargs in families.items():

@@ -49,6 +49,7 @@ def test_bench_end_to_end_with_the_model_defaults(tmp_path):
     defaults = load_model("tiny").restore_defaults
     assert defaults and "default sampling" in entry["what"]
     assert {key: entry["options"][key] for key in defaults} == defaults  # not --steps 4 and guidance 4
+    assert entry["options"]["prompt"] == ""  # as `spire-rt restore` without --prompt: no semantic guidance
 
 
 def test_backend_specs():

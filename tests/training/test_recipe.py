@@ -207,13 +207,16 @@ def test_crops_and_pairs_have_the_right_shapes():
 
 
 def test_single_rate_mixes_in_one_operation_pairs():
-    rng = np.random.default_rng(1)
     clean = torch.rand(40, 3, 24, 24)
     _, two_stage = degraded_pairs(clean, np.random.default_rng(1), blind_rate=0.0)
-    _, single = degraded_pairs(clean, rng, blind_rate=0.0, single_rate=1.0)
+    _, single = degraded_pairs(clean, np.random.default_rng(1), blind_rate=0.0, single_rate=1.0)
     clauses = [prompt.count(";") + 1 for prompt in single if prompt != BLIND_PROMPT]
     assert clauses and max(clauses) == 1  # one stated operation (a tiny downscale may state none)
     assert max(prompt.count(";") + 1 for prompt in two_stage) > 1
+    _, unmixed = degraded_pairs(clean, np.random.default_rng(1), blind_rate=0.0, single_rate=0.0)
+    assert unmixed == two_stage  # rate 0 draws exactly what the recipe drew before the option existed
+    _, half = degraded_pairs(clean, np.random.default_rng(2), blind_rate=0.0, single_rate=0.5)
+    assert 8 <= sum(";" in prompt for prompt in half) <= 32  # some pairs mixed, some not
 
 
 @pytest.mark.parametrize(("stage", "rate", "message"), [
