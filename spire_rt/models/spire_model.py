@@ -19,7 +19,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .. import __version__
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, OptionError
 from ..staging import staged_folder
 from .adaptor import SpireAdaptor, check_supported_unet, init_adaptor_from_unet
 from .networks import DenoiserNet, TextEncoderNet, VaeDecoderNet, VaeEncoderNet
@@ -178,8 +178,7 @@ def checked_restore_defaults(defaults, where: Path) -> dict:
     if unknown:
         raise ModelLoadError(f"{where / SPIRE_FILE}: restore_defaults has unknown options {', '.join(unknown)}; "
                              f"allowed: {', '.join(RESTORE_DEFAULT_KEYS)}")
-    from ..errors import OptionError
-    from ..pipeline import RestoreOptions
+    from ..pipeline import RestoreOptions  # here: the pipeline imports this module
 
     try:
         RestoreOptions(**defaults).validated()
