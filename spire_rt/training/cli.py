@@ -11,7 +11,7 @@ SHIP_STAGE = "ship"
 
 
 def register(commands) -> None:
-    from .recipe import STAGES
+    from .recipe import LOSS_SPACES, STAGES
 
     parser = commands.add_parser("train", help="train a stage of the spire-tiny recipe (vae, prior, adaptor)")
     parser.add_argument("--preset", default="tiny", help="architecture preset (default tiny)")
@@ -41,6 +41,9 @@ def register(commands) -> None:
     parser.add_argument("--single-rate", type=float, default=0.0,
                         help="adaptor: share of training pairs degraded by one operation (blur, downscale, noise "
                              "or JPEG from stage 1's range) instead of SPIRE's two-stage draw (default 0)")
+    parser.add_argument("--loss-space", default="latent", choices=LOSS_SPACES,
+                        help="adaptor, with --strength: score the one-step result on the latent (default) or on "
+                             "the image the frozen VAE decoder makes of it (slower; what eval measures)")
     parser.add_argument("--default-strength", type=float,
                         help="ship: the SDEdit strength to record as the model's default (chosen on validation "
                              "images; otherwise the adaptor stage's middle of --strength)")
@@ -74,7 +77,7 @@ def run_train(args) -> int:
                          seed=args.seed, threads=args.threads, checkpoint_minutes=args.checkpoint_minutes,
                          eval_minutes=args.eval_minutes, leaves=args.leaves, quiet=args.quiet,
                          strength=tuple(args.strength) if args.strength else None, start_noise=args.start_noise,
-                         single_rate=args.single_rate)
+                         single_rate=args.single_rate, loss_space=args.loss_space)
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))
     return 0

@@ -12,6 +12,8 @@
              error of the clean latent the one step lands on (x0 = alpha_t z_t - sigma_t v), per pair.
              --single-rate R degrades that share of the pairs by one stage-1 operation instead of two stages,
              so a small model also learns to undo one well-stated degradation; a resume may change it.
+             --loss-space pixel scores the landed latent through the frozen VAE decoder against the clean
+             crop instead (what eval measures); a resume may change it too.
 
 Each stage reads the folders the previous one wrote, checkpoints to RUN/<stage>.ckpt every few minutes (model,
 optimiser, step, RNG states, so --resume carries on), and logs JSON lines to RUN/<stage>.jsonl. A stage stops at
@@ -37,7 +39,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from ..errors import SpireError
 from ..models.adaptor import init_adaptor_from_unet
 from ..models.modulated_unet import unet_forward_modulated
-from ..models.networks import TextEncoderNet, VaeEncoderNet
+from ..models.networks import TextEncoderNet, VaeDecoderNet, VaeEncoderNet
 from ..models.presets import Preset, get_preset
 from ..models.spire_model import SpireModel, load_component
 from ..models.tokenizer import MAX_LENGTH, build_grammar_tokenizer
@@ -70,6 +72,7 @@ class StageConfig:
     strength: tuple[float, float] | None = None  # adaptor: train one-step restoration from these SDEdit strengths
     start_noise: float = 1.0  # adaptor, with strength: the scale of the noise at the start (0: deterministic)
     single_rate: float = 0.0  # adaptor: share of pairs degraded by one stage-1 operation instead of two stages
+    loss_space: str = "latent"  # adaptor, one-step: where the landed x0 is scored ("latent" or "pixel")
     extra: dict = field(default_factory=dict)
 
 
@@ -86,6 +89,7 @@ KL_WEIGHT = 1e-5  # per latent element; keeps the posterior near N(0, 1) without
 HIGH_T_RATE = 0.7
 HIGH_T_SPAN = 0.1
 LOG_MSE_FLOOR = 1e-4  # one-step adaptor loss: keeps log(mse) finite on a pair that is already perfect
+LOSS_SPACES = ("latent", "pixel")
 
 
 def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
@@ -114,6 +118,10 @@ def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
         raise SpireError("--single-rate applies to the adaptor stage only")
     if not 0 <= config.single_rate <= 1:
         raise SpireError(f"--single-rate must be in [0, 1], got {config.single_rate}")
+    if config.loss_space not in LOSS_SPACES:
+        raise SpireError(f"--loss-space must be one of {', '.join(LOSS_SPACES)}, got {config.loss_space!r}")
+    if config.loss_space != "latent" and config.strength is None:
+        raise SpireError("--loss-space pixel needs --strength LO HI (it scores the one-step restoration)")
     if config.strength is None:
         if config.start_noise != 1.0:
             raise SpireError("--start-noise needs --strength LO HI (it scales the noise of the one-step start)")
@@ -376,6 +384,7 @@ class LatentStage(Stage):
     def build_common(self) -> None:
         self.vae = load_component(self.out / "vae", "vae").to(self.device)
         self.vae_encoder = VaeEncoderNet(self.vae)
+        self.vae_decoder = VaeDecoderNet(self.vae)
         self.tokenizer = build_grammar_tokenizer()
         self.tokenizer.model_max_length = min(MAX_LENGTH, self.preset.tokenizer_max_length)
         self.schedule = NoiseSchedule.from_config(self.preset.scheduler)
@@ -477,10 +486,19 @@ class AdaptorStage(LatentStage):
         if self.config.strength is None:
             return F.mse_loss(prediction, v), {}
         landed = self.schedule.predict_x0(z_t, prediction, t)  # where the one sampler step lands
-        # The log of each pair's error, averaged: the latent-space mean PSNR, which is what eval scores. A plain
-        # MSE lets the heavily noised pairs (large errors) drown out blur and JPEG, whose errors are small.
-        per_pair = (landed - z0).pow(2).mean(dim=(1, 2, 3))
+        error = self.landing_error(landed, z0, clean)
+        # The log of each pair's error, averaged: the mean PSNR, which is what eval scores. A plain MSE lets the
+        # heavily noised pairs (large errors) drown out blur and JPEG, whose errors are small.
+        per_pair = error.pow(2).mean(dim=(1, 2, 3))
         return torch.log(per_pair + LOG_MSE_FLOOR).mean(), {"mse": per_pair.mean().item()}
+
+    def landing_error(self, landed: torch.Tensor, z0: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """How far the one step landed from the clean crop, in the space --loss-space names."""
+        if self.config.loss_space == "pixel":
+            # Through the frozen decoder, as the pipeline decodes: the latent error weights every latent channel
+            # alike, but the decoder (and so eval's pixel PSNR) is far more sensitive to some than to others.
+            return self.vae_decoder(landed) - (clean * 2 - 1)
+        return landed - z0
 
     def one_step_timesteps(self, batch: int) -> torch.Tensor:
         """Uniform over the one-step trailing timesteps of strengths in [LO, HI] (sampling.trailing_timesteps)."""

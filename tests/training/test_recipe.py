@@ -145,6 +145,40 @@ def test_one_step_adaptor_learns_from_the_degraded_latent(run_folder, tmp_path, 
         recipe.run_stage(config(tmp_path, "adaptor", steps=1, resume=True), SMALL)
 
 
+def test_pixel_loss_scores_the_decoded_landing(run_folder, tmp_path):
+    """--loss-space pixel: the one-step error is the frozen decoder's image of the landed latent minus the clean
+    crop (checked against diffusers' own AutoencoderKL.decode), and training on it lowers it."""
+    import shutil
+
+    for part in ("vae", "unet", "text_encoder", "cache"):
+        shutil.copytree(run_folder[0] / part, tmp_path / part)
+    stage = make_stage(config(tmp_path, "adaptor", steps=12, strength=(0.1, 0.3), start_noise=0.0,
+                              loss_space="pixel"), recipe.AdaptorStage)
+    clean = torch.rand(2, 3, 16, 16)
+    z0 = stage.latents(clean)
+    landed = z0 + 0.3 * torch.randn_like(z0)
+    with torch.no_grad():
+        error = stage.landing_error(landed, z0, clean)
+        decoded = stage.vae.decode(landed / stage.vae.config.scaling_factor).sample
+    torch.testing.assert_close(error, decoded - (clean * 2 - 1))
+    latent_stage = make_stage(config(tmp_path, "adaptor", strength=(0.1, 0.3), start_noise=0.0), recipe.AdaptorStage)
+    torch.testing.assert_close(latent_stage.landing_error(landed, z0, clean), landed - z0)
+    before = held_loss(stage)
+    stage.train()
+    assert held_loss(stage) < before
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"loss_space": "pixels", "strength": (0.1, 0.2)}, "--loss-space must be one of latent, pixel"),
+    ({"loss_space": "pixel"}, "--loss-space pixel needs --strength"),
+])
+def test_bad_loss_space_is_refused(tmp_path, overrides, message):
+    from spire_rt.errors import SpireError
+
+    with pytest.raises(SpireError, match=message):
+        recipe.run_stage(config(tmp_path, "adaptor", **overrides), SMALL)
+
+
 @pytest.mark.parametrize(("stage", "strength", "message"), [
     ("vae", (0.1, 0.3), "adaptor stage only"),
     ("adaptor", (0.3, 0.1), "0 < LO <= HI < 1"),
