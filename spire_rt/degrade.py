@@ -208,9 +208,9 @@ def sample_single_params(rng: np.random.Generator, input_size: tuple[int, int]) 
         draws["downscale"] = float(rng.uniform(*ranges.downscale))
     elif operation == 2:
         draws["noise_sigma"] = float(rng.uniform(*ranges.noise_sigma))
-        draws["noise_grey"] = bool(rng.random() < ranges.p_grey)
+        draws["noise_grey"] = _grey_coin(rng, ranges)
     else:
-        draws["jpeg_quality"] = int(rng.integers(ranges.jpeg_quality[0], ranges.jpeg_quality[1], endpoint=True))
+        draws["jpeg_quality"] = _jpeg_quality(rng, ranges)
     stages = (StageParams(**draws),)
     return DegradationParams(stages, input_size, _output_size(input_size, stages), seed=None)
 
@@ -220,10 +220,17 @@ def _sample_stage(rng: np.random.Generator, ranges: StageRanges) -> StageParams:
     blur = None if rng.random() < ranges.p_skip else float(rng.uniform(*ranges.blur_sigma))
     downscale = None if rng.random() < ranges.p_skip else float(rng.uniform(*ranges.downscale))
     noise = None if rng.random() < ranges.p_skip else float(rng.uniform(*ranges.noise_sigma))
-    grey = noise is not None and bool(rng.random() < ranges.p_grey)
-    lo, hi = ranges.jpeg_quality
-    quality = None if rng.random() < ranges.p_skip else int(rng.integers(lo, hi, endpoint=True))
+    grey = noise is not None and _grey_coin(rng, ranges)
+    quality = None if rng.random() < ranges.p_skip else _jpeg_quality(rng, ranges)
     return StageParams(blur, downscale, noise, grey, quality)
+
+
+def _grey_coin(rng: np.random.Generator, ranges: StageRanges) -> bool:
+    return bool(rng.random() < ranges.p_grey)
+
+
+def _jpeg_quality(rng: np.random.Generator, ranges: StageRanges) -> int:
+    return int(rng.integers(ranges.jpeg_quality[0], ranges.jpeg_quality[1], endpoint=True))
 
 
 # --- applying -----------------------------------------------------------------------------------------------
