@@ -42,6 +42,8 @@ def ship_fp16(source: Path, target: Path, vae: Path | None = None, restore_defau
             merged = {**info.get("restore_defaults", {}), **restore_defaults}
             info["restore_defaults"] = checked_restore_defaults(merged, source)
             write_json(staging / SPIRE_FILE, info)
+        for config in staging.rglob("config.json"):
+            write_json(config, without_local_paths(json.loads(config.read_text(encoding="utf-8"))))
         for weights in staging.rglob("*.safetensors"):
             tensors = {name: t.to(torch.float16) if t.is_floating_point() else t
                        for name, t in load_file(weights).items()}
@@ -49,6 +51,14 @@ def ship_fp16(source: Path, target: Path, vae: Path | None = None, restore_defau
         if kept_card is not None:
             (staging / "MODEL_CARD.md").write_bytes(kept_card)
     return target
+
+
+def without_local_paths(config):
+    """A config without diffusers' `_name_or_path` (at any depth): the training machine's folders mean nothing to a
+    user, and loading never reads them."""
+    if isinstance(config, dict):
+        return {key: without_local_paths(value) for key, value in config.items() if key != "_name_or_path"}
+    return config
 
 
 def check_same_encoder(vae: Path, reference: Path) -> None:

@@ -115,6 +115,9 @@ def test_ship_takes_the_refined_vae_and_refuses_another_encoder(run_folder, tmp_
     bias = load_file(shipped / "vae" / "diffusion_pytorch_model.safetensors")["decoder.conv_out.bias"]
     assert bias.dtype == torch.float16 and torch.allclose(bias.float(), tensors["decoder.conv_out.bias"], atol=1e-3)
     assert load_model(shipped).trained and load_model(shipped).restore_defaults == {"strength": 0.05}
+    configs = list(shipped.rglob("config.json"))
+    assert configs and not [c for c in configs if "_name_or_path" in c.read_text()]  # no training-machine paths
+    assert "_name_or_path" in (folder / "model" / "unet" / "config.json").read_text()  # the source had them
 
     tensors["encoder.conv_in.bias"] = tensors["encoder.conv_in.bias"] + 0.5
     save_file(tensors, weights)
