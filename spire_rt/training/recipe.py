@@ -496,7 +496,7 @@ class AdaptorStage(LatentStage):
         """How far the one step landed from the clean crop, in the space --loss-space names."""
         if self.config.loss_space == "pixel":
             # Through the frozen decoder, as the pipeline decodes: the latent error weights every latent channel
-            # alike, but the decoder (and so eval's pixel PSNR) is far more sensitive to some than to others.
+            # and position alike, which the decoder (and so eval's pixel PSNR) need not.
             return self.vae_decoder(landed) - (clean * 2 - 1)
         return landed - z0
 
