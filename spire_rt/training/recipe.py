@@ -470,35 +470,36 @@ class AdaptorStage(LatentStage):
     def loss(self):
         clean = self.clean_batch()
         y, prompts = degraded_pairs(clean.cpu(), self.rng, single_rate=self.config.single_rate)
-        z0, y_latent = self.latents(clean), self.latents(y.to(self.device))
+        batch, y_latent = clean.shape[0], self.latents(y.to(self.device))
         if self.config.strength is None:
-            t = self.random_timesteps(z0.shape[0], HIGH_T_RATE)
-            z_t, v = self.noised(z0, t)
+            t = self.random_timesteps(batch, HIGH_T_RATE)
+            z_t, v = self.noised(self.latents(clean), t)
         else:
             # What the pipeline runs at strength s and one step: start from E(y) noised to t(s), land on x0.
-            t = self.one_step_timesteps(z0.shape[0])
+            t = self.one_step_timesteps(batch)
             z_t = self.schedule.add_noise(y_latent, self.config.start_noise * torch.randn_like(y_latent), t)
         restore = self.encode_text(self.text_encoder, prompts)
         # The UNet's semantic prompt is "" through the same (trained) encoder, exactly as the pipeline feeds it.
-        semantic = self.encode_text(self.text_encoder, [""]).expand(z0.shape[0], -1, -1)
+        semantic = self.encode_text(self.text_encoder, [""]).expand(batch, -1, -1)
         modulations = self.adaptor(z_t, t, y_latent, restore)
         prediction = unet_forward_modulated(self.unet, z_t, t, semantic, modulations, self.strength)
         if self.config.strength is None:
             return F.mse_loss(prediction, v), {}
         landed = self.schedule.predict_x0(z_t, prediction, t)  # where the one sampler step lands
-        error = self.landing_error(landed, z0, clean)
+        error = self.landing_error(landed, clean)
         # The log of each pair's error, averaged: the mean PSNR, which is what eval scores. A plain MSE lets the
         # heavily noised pairs (large errors) drown out blur and JPEG, whose errors are small.
         per_pair = error.pow(2).mean(dim=(1, 2, 3))
         return torch.log(per_pair + LOG_MSE_FLOOR).mean(), {"mse": per_pair.mean().item()}
 
-    def landing_error(self, landed: torch.Tensor, z0: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-        """How far the one step landed from the clean crop, in the space --loss-space names."""
+    def landing_error(self, landed: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """How far the one step landed from the clean crop, in the space --loss-space names (each space encodes
+        or decodes only what it needs: the pixel loss skips encoding the clean crop)."""
         if self.config.loss_space == "pixel":
             # Through the frozen decoder, as the pipeline decodes: the latent error weights every latent channel
             # and position alike, which the decoder (and so eval's pixel PSNR) need not.
             return self.vae_decoder(landed) - (clean * 2 - 1)
-        return landed - z0
+        return landed - self.latents(clean)
 
     def one_step_timesteps(self, batch: int) -> torch.Tensor:
         """Uniform over the one-step trailing timesteps of strengths in [LO, HI] (sampling.trailing_timesteps)."""

@@ -51,6 +51,14 @@ def make_stage(cfg, cls):
     return cls(cfg, SMALL, torch.device("cpu"))
 
 
+def copy_adaptor_inputs(run, folder):
+    """What an adaptor stage reads from a run (frozen VAE and UNet, text encoder, image cache), into a fresh folder."""
+    import shutil
+
+    for part in ("vae", "unet", "text_encoder", "cache"):
+        shutil.copytree(run / part, folder / part)
+
+
 # The decoder alone moves the loss more slowly than the whole VAE did, so it gets more of these tiny steps.
 STAGE_BUDGETS = {"vae": {"steps": 15}, "decoder": {"steps": 30}}
 
@@ -129,10 +137,7 @@ def test_ship_takes_the_refined_vae_and_refuses_another_encoder(run_folder, tmp_
 @pytest.mark.parametrize("start_noise", [1.0, 0.0])
 def test_one_step_adaptor_learns_from_the_degraded_latent(run_folder, tmp_path, start_noise):
     """--strength LO HI: z_t is E(y) noised to t(s), the loss is on the landed x0, and the model records it."""
-    import shutil
-
-    for part in ("vae", "unet", "text_encoder", "cache"):
-        shutil.copytree(run_folder[0] / part, tmp_path / part)
+    copy_adaptor_inputs(run_folder[0], tmp_path)
     stage = make_stage(config(tmp_path, "adaptor", steps=12, strength=(0.1, 0.3), start_noise=start_noise),
                        recipe.AdaptorStage)
     drawn = stage.one_step_timesteps(4000)
@@ -151,21 +156,18 @@ def test_one_step_adaptor_learns_from_the_degraded_latent(run_folder, tmp_path, 
 def test_pixel_loss_scores_the_decoded_landing(run_folder, tmp_path):
     """--loss-space pixel: the one-step error is the frozen decoder's image of the landed latent minus the clean
     crop (checked against diffusers' own AutoencoderKL.decode), and training on it lowers it."""
-    import shutil
-
-    for part in ("vae", "unet", "text_encoder", "cache"):
-        shutil.copytree(run_folder[0] / part, tmp_path / part)
+    copy_adaptor_inputs(run_folder[0], tmp_path)
     stage = make_stage(config(tmp_path, "adaptor", steps=12, strength=(0.1, 0.3), start_noise=0.0,
                               loss_space="pixel"), recipe.AdaptorStage)
     clean = torch.rand(2, 3, 16, 16)
     z0 = stage.latents(clean)
     landed = z0 + 0.3 * torch.randn_like(z0)
     with torch.no_grad():
-        error = stage.landing_error(landed, z0, clean)
+        error = stage.landing_error(landed, clean)
         decoded = stage.vae.decode(landed / stage.vae.config.scaling_factor).sample
     torch.testing.assert_close(error, decoded - (clean * 2 - 1))
     latent_stage = make_stage(config(tmp_path, "adaptor", strength=(0.1, 0.3), start_noise=0.0), recipe.AdaptorStage)
-    torch.testing.assert_close(latent_stage.landing_error(landed, z0, clean), landed - z0)
+    torch.testing.assert_close(latent_stage.landing_error(landed, clean), landed - z0)
     before = held_loss(stage)
     stage.train()
     assert held_loss(stage) < before
