@@ -6,6 +6,7 @@
 - backend.py    FastTorchBackend: dtype, channels-last, patches, CUDA graph per denoiser shape, compile option
 - patch.py      which diffusers modules are patched and how (instance attributes only, undoable)
 - ops.py        the fused ops the patches call: Triton kernels (spire_rt.kernels) or their PyTorch references
+- overlap.py    the adaptor on a second CUDA stream, beside the UNet's encoder
 - graph.py      capture-once, replay-per-step CUDA graphs with static input buffers
 - precision.py  fp16 vs bf16 (SD 2.x fp16 attention overflow)
 

@@ -6,7 +6,8 @@
 What it does to the model (in place, like TorchBackend; `close()` undoes the patches, not the casts):
 1. cast to the compute dtype (precision.py) and to channels-last (UNet, adaptor, VAE): cuDNN's NHWC
    convolutions, and the transformers' head split becomes a view;
-2. patch the modules (patch.py): the fused decoder entry, GroupNorm+SiLU, GEGLU, fused QKV projections;
+2. patch the modules (patch.py): the fused decoder entry, GroupNorm+SiLU, GEGLU, fused QKV projections, and
+   with `overlap=True` the adaptor on a second CUDA stream beside the UNet's encoder (overlap.py);
 3. capture each denoiser call in a CUDA graph per input shape (graph.py): one guided step is one replay, where
    eager PyTorch launches about two thousand kernels from Python. Inputs are copied into static buffers each
    step, so prompts, strength and guidance can change without a recapture.
@@ -41,7 +42,7 @@ class FastTorchBackend:
 
     def __init__(self, model, device: str | torch.device = "cuda", dtype=None, *, kernels: str = "auto",
                  cuda_graph: bool = True, channels_last: bool = True, fuse_qkv: bool = True,
-                 compile: str | None = None):
+                 overlap: bool = False, compile: str | None = None):
         self.device = resolve_device(device)
         self.model = model
         self.dtype_fixed = dtype is not None
@@ -52,7 +53,8 @@ class FastTorchBackend:
         self.cast_model(self.dtype)
         self.networks = model.networks()
         self.ops = resolve_ops(kernels, self.device)
-        self.patches = patch_model(model, self.networks, self.ops, fuse_qkv) if self.ops else Patches()
+        self.overlap = overlap and bool(self.ops)
+        self.patches = patch_model(model, self.networks, self.ops, fuse_qkv, self.overlap) if self.ops else Patches()
         self.compile = compile
         if compile is not None:
             for name in DENOISERS:
@@ -66,7 +68,7 @@ class FastTorchBackend:
     def describe(self) -> dict:
         return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "kernels": self.ops.name if self.ops else "off", "cuda_graph": self.cuda_graph,
-                "channels_last": self.channels_last, "compile": self.compile, "patched": dict(self.patches.counts)}
+                "channels_last": self.channels_last, "overlap": self.overlap, "compile": self.compile, "patched": dict(self.patches.counts)}
 
     def cast_model(self, dtype: torch.dtype) -> None:
         for name, module in self.model.modules().items():

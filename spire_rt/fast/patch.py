@@ -15,6 +15,8 @@ for the fused QKV projections, which are added beside the originals). What chang
 - `GEGLU`: the projection, then the `geglu` kernel.
 - `Transformer2DModel`'s output drops diffusers' `.contiguous()`: in channels-last the head split and merge are
   then free views instead of two transposing copies per transformer.
+- Optionally (`overlap`), `DenoiserNet.forward` runs the adaptor on a second CUDA stream beside the UNet's
+  encoder, and broadcasts the guided step's modulations instead of repeating them (overlap.py).
 - Attention: fused QKV (self) and KV (cross) projections, diffusers' `FusedAttnProcessor2_0`; the attention itself
   stays PyTorch's scaled_dot_product_attention (flash / cuDNN kernels on Hopper).
 
@@ -38,6 +40,7 @@ from torch import nn
 
 from ..models.networks import DenoiserNet
 from .ops import FastOps
+from .overlap import overlapped_forward
 
 
 @dataclass
@@ -87,8 +90,12 @@ class Patches:
         self.counts = {}
 
 
-def patch_model(model, networks: dict[str, nn.Module], ops: FastOps, fuse_qkv: bool = True) -> Patches:
-    """Patch the model's UNet, adaptor and VAE and the denoiser networks made from it (see the module docstring)."""
+def patch_model(model, networks: dict[str, nn.Module], ops: FastOps, fuse_qkv: bool = True,
+                overlap: bool = False) -> Patches:
+    """Patch the model's UNet, adaptor and VAE and the denoiser networks made from it (see the module docstring).
+
+    `overlap` also runs each denoiser's adaptor beside the UNet's encoder, on a second CUDA stream (overlap.py).
+    """
     patches = Patches()
     for module in (model.unet, model.controlnet, model.vae):
         patch_resnets(module, ops, patches)
@@ -104,6 +111,10 @@ def patch_model(model, networks: dict[str, nn.Module], ops: FastOps, fuse_qkv: b
         if isinstance(net, DenoiserNet):
             # Without every up block patched, nothing could consume a PendingSkip: modulate eagerly instead.
             patches.attribute(net, "modulate_fn", deferred_modulate if deferred else ops.modulate, "modulate_fn")
+            if overlap:
+                device = next(model.unet.parameters()).device
+                side = torch.cuda.Stream(device) if device.type == "cuda" else None
+                patches.method(net, "forward", overlapped_forward(side), "overlap")
     return patches
 
 

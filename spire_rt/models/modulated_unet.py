@@ -55,15 +55,34 @@ def unet_forward_modulated(
     modulate_fn=modulate,
 ) -> torch.Tensor:
     """The UNet's noise (or v) prediction with its skips and mid output modulated by the adaptor."""
+    check_modulation_count(unet, modulations)
+    encoded = unet_encode(unet, sample, timestep, encoder_hidden_states)
+    return unet_decode_modulated(unet, encoded, encoder_hidden_states, modulations, strength, modulate_fn)
+
+
+def check_modulation_count(unet: UNet2DConditionModel, modulations: Sequence[torch.Tensor]) -> None:
     num_skips = sum(len(block.resnets) for block in unet.up_blocks)
     if len(modulations) != num_skips + 1:
         raise ValueError(f"expected {num_skips + 1} modulations (skips + mid), got {len(modulations)}")
-    strength = strength.to(sample.dtype).reshape(-1, 1, 1, 1)
 
+
+def unet_encode(unet: UNet2DConditionModel, sample, timestep, encoder_hidden_states):
+    """Time embedding, conv_in, down blocks and mid block: the half that needs no modulation.
+
+    Returns (mid output, skip features, time embedding). Split from the decoder so a caller can run the adaptor
+    beside it (the fast path's second CUDA stream).
+    """
     emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep))
     h = unet.conv_in(sample)
-
     h, skips = encoder_pass(unet.down_blocks, unet.mid_block, h, emb, encoder_hidden_states)
+    return h, skips, emb
+
+
+def unet_decode_modulated(unet: UNet2DConditionModel, encoded, encoder_hidden_states, modulations, strength,
+                          modulate_fn=modulate) -> torch.Tensor:
+    """Modulate the skips and the mid output of `unet_encode`, then the up blocks and the output head."""
+    h, skips, emb = encoded
+    strength = strength.to(h.dtype).reshape(-1, 1, 1, 1)
     skips = [modulate_fn(f, m, strength) for f, m in zip(skips, modulations[:-1])]
     h = modulate_fn(h, modulations[-1], strength)
 

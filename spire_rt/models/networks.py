@@ -86,8 +86,13 @@ class DenoiserNet(nn.Module):
         modulations = [m.repeat(2, 1, 1, 1) for m in modulations]
         both = unet_forward_modulated(self.unet, torch.cat([sample, sample]), timestep, semantic_embeddings,
                                       modulations, adaptor_strength, self.modulate_fn)
-        uncond, cond = both.chunk(2)
-        return uncond + guidance_scale.to(uncond.dtype).reshape(-1, 1, 1, 1) * (cond - uncond)
+        return apply_guidance(both, guidance_scale)
+
+
+def apply_guidance(both: torch.Tensor, guidance_scale: torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance over the UNet's [uncond; cond] batch."""
+    uncond, cond = both.chunk(2)
+    return uncond + guidance_scale.to(uncond.dtype).reshape(-1, 1, 1, 1) * (cond - uncond)
 
 
 class VaeEncoderNet(nn.Module):

@@ -58,6 +58,22 @@ def test_reference_ops_match_unpatched(model):
     patches.undo()
 
 
+def test_overlapped_forward_matches_unpatched(model):
+    """The adaptor forked beside the UNet's encoder (run in turn off the GPU), with broadcast modulations."""
+    networks = model.networks()
+    inputs = denoiser_inputs(model, seed=5)
+    before = run_all(model, networks, inputs)
+    patches = patch_model(model, networks, FastOps.reference(), overlap=True)
+    assert patches.counts["overlap"] == 2
+    assert "forward" in networks["denoiser_guided"].__dict__
+    after = run_all(model, networks, inputs)
+    for name in ("denoiser_guided", "denoiser"):
+        scale = before[name].abs().max().item()
+        assert (after[name] - before[name]).abs().max().item() <= 1e-5 * max(1.0, scale), name
+    patches.undo()
+    assert "forward" not in networks["denoiser_guided"].__dict__
+
+
 def test_everything_meant_to_be_patched_is(model):
     networks = model.networks()
     patches = patch_model(model, networks, FastOps.reference())
@@ -108,7 +124,7 @@ def test_pending_skip_is_not_a_tensor():
 
 @pytest.mark.skipif(not triton_available("cpu") and not torch.cuda.is_available(),
                     reason="needs triton (and TRITON_INTERPRET=1 on the CPU)")
-def test_triton_up_path_in_the_model(model):
+def test_triton_up_path_in_the_model(model, no_tf32):
     """The real modulate and decoder_entry kernels inside the channels-last model (interpreter on the CPU)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     triton_ops, reference = FastOps.triton(), FastOps.reference()

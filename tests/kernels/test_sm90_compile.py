@@ -29,6 +29,8 @@ def nvidia_backend_present() -> bool:
 def test_compiles_for_sm90_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"  # Triton's current default, stated to silence its warning
+    root = str(SCRIPT.parents[2])  # the checkout under test, installed or not
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     done = subprocess.run([sys.executable, str(SCRIPT)], check=False, capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
