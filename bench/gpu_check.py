@@ -14,12 +14,13 @@ What it measures, in this order (each section is timed, and a failing one is rec
 4. tests        pytest tests/kernels tests/fast on the GPU (a subprocess, run while the model is built on the CPU)
 5. step         one guided denoiser step (UNet batch 2 + adaptor batch 1, sd21-base random weights, 64x64
                 latent) through the backends: eager fp16 (TorchBackend), torch.compile default mode (fp16,
-                channels-last), and the fast path (FastTorchBackend: kernels + CUDA graph; bf16 for SD 2.x, also
-                with the adaptor on a second stream (overlap), fp16, and bf16 without the graph); ratio to the
+                channels-last), and the fast path (FastTorchBackend: kernels + CUDA graph + the adaptor on a
+                second stream; bf16 for SD 2.x; also on one stream, in fp16, and without the graph); ratio to the
                 FLOP floor (1.59 TFLOP per step, SPIRE.md)
-6. e2e          512x512 restoration, 20 steps, guided, through Restorer: fast path (and overlap) and eager fp16
+6. e2e          512x512 restoration, 20 steps, guided, through Restorer: fast path (also one stream), eager fp16
 7. psnr         the fast path's (and eager fp16's) restored image against the fp32 path's (TF32 off), same seed
-   variants     fast-path variants before they become options (SDPA preferring cuDNN attention)
+   variants     the fast step with fewer of its parts (graph only; reference ops; no fused QKV), and variants
+                before they become options (SDPA preferring cuDNN attention)
 8. profile      the fast step's GPU kernel time by kind (convolution, gemm, attention, our Triton kernels, ...)
 JSON (written after every section) and the log go to --out; a short table is printed last.
 
@@ -62,6 +63,8 @@ def parse_args(argv=None):
     parser.add_argument("--tests", default=None,
                         help="pytest targets, comma-separated; 'none' skips (default: tests/kernels,tests/fast)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the rows the targets need (no fp16 / no-graph rows, variants or profile)")
     parser.add_argument("--compile", action="store_true", help="run the torch.compile row in --smoke too")
     parser.add_argument("--iters", type=int, default=None, help="timed guided steps per backend (default 20)")
     parser.add_argument("--kernels", default="", help="time only the kernel cases whose names contain one of these "
@@ -546,12 +549,12 @@ def section_steps(check, master, cuda, images):
     images[label] = time_e2e(check, model, backend, label, cuda)
     check.results["fast_label"] = label
     backend.close()
-    if check.left() > 90:  # the adaptor on a second stream beside the UNet's encoder (spire_rt/fast/overlap.py)
-        backend = FastTorchBackend(model, device=device, dtype=dtype, overlap=True)
-        time_step(check, backend, feeds, f"{label}_overlap", cuda)
-        images[f"{label}_overlap"] = time_e2e(check, model, backend, f"{label}_overlap", cuda)
+    if check.left() > 60:  # the adaptor in turn with the UNet's encoder, on one stream (spire_rt/fast/overlap.py)
+        backend = FastTorchBackend(model, device=device, dtype=dtype, overlap=False)
+        time_step(check, backend, feeds, f"{label}_one_stream", cuda)
+        images[f"{label}_one_stream"] = time_e2e(check, model, backend, f"{label}_one_stream", cuda)
         backend.close()
-    if cuda and check.left() > 90:  # the other half-precision dtype, and the picked one without the CUDA graph
+    if cuda and check.left() > 90 and not check.args.quick:  # the other dtype, and the picked one without the graph
         other = "fp16" if dtype == "bf16" else "bf16"
         for row_dtype, graph in ((other, True), (dtype, False)):
             backend = FastTorchBackend(model, device=device, dtype=row_dtype, cuda_graph=graph)
@@ -562,27 +565,46 @@ def section_steps(check, master, cuda, images):
 
 
 def section_variants(check, master, cuda):
-    """Fast-path variants that get a row before they become options: SDPA preferring cuDNN's attention."""
-    import torch
+    """Rows that place the fast path's gains: the same CUDA graph with fewer of its parts, and variants that get a
+    row before they become options (SDPA preferring cuDNN's attention). Each row is its own try."""
+    import contextlib
+
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from spire_rt.fast import FastTorchBackend
 
     if not cuda:
         return
-    device = "cuda"
-    feeds = step_feeds(master, check.args.size, device)
+    feeds = step_feeds(master, check.args.size, "cuda")
+    cudnn_first = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                   SDPBackend.MATH]
+    variants = [
+        ("graph_only", {"kernels": "off"}, None),  # channels-last + CUDA graph, nothing patched
+        ("reference_ops", {"kernels": "reference"}, None),  # every patch, PyTorch references for the kernels
+        ("no_fused_qkv", {"fuse_qkv": False}, None),
+        ("overlap_cudnn_attention", {"overlap": True}, cudnn_first),
+    ]
     model = copy.deepcopy(master)
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-             SDPBackend.MATH]
-    with sdpa_kernel(order, set_priority=True):  # the graph captures whichever kernels this picks
-        backend = FastTorchBackend(model, device=device, overlap=True)
-        label = f"fast_{SHORT_DTYPES[str(backend.dtype).replace('torch.', '')]}_overlap_cudnn_attention"
-        time_step(check, backend, feeds, label, cuda)
-        backend.close()
-    del model, backend
+    for suffix, options, sdpa_order in variants:
+        if check.left() < 30:
+            check.results["skipped"].append(f"variant {suffix}")
+            continue
+        backend = None
+        try:
+            # the graph captures whichever attention kernels the context picks
+            with sdpa_kernel(sdpa_order, set_priority=True) if sdpa_order else contextlib.nullcontext():
+                backend = FastTorchBackend(model, device="cuda", **options)
+                dtype = SHORT_DTYPES[str(backend.dtype).replace("torch.", "")]
+                time_step(check, backend, feeds, f"fast_{dtype}_{suffix}", cuda)
+        except Exception as error:  # noqa: BLE001 (one variant's failure must not cost the others)
+            traceback.print_exc()
+            check.results["errors"][f"variant {suffix}"] = f"{type(error).__name__}: {error}"[:500]
+        finally:
+            if backend is not None:
+                backend.close()
+        free_memory()
+    del model
     free_memory()
-    torch.cuda.empty_cache()
 
 
 KERNEL_KINDS = (  # (kind, name fragments), first match wins: cuDNN's convolutions are "implicit gemm" kernels
@@ -777,11 +799,13 @@ def main(argv=None) -> int:
         images = {}
         if master is not None:
             check.section("steps", lambda: section_steps(check, master, cuda, images), needs_s=60)
-            check.section("variants", lambda: section_variants(check, master, cuda), needs_s=60)
+            if not args.quick:
+                check.section("variants", lambda: section_variants(check, master, cuda), needs_s=60)
             if args.run_compile:
-                check.section("compile", lambda: section_compile(check, master, cuda), needs_s=150)
+                check.section("compile", lambda: section_compile(check, master, cuda), needs_s=100)
             check.section("reference", lambda: section_reference(check, master, cuda, images), needs_s=20)
-            check.section("profile", lambda: section_profile(check, master, cuda), needs_s=30)
+            if not args.quick:
+                check.section("profile", lambda: section_profile(check, master, cuda), needs_s=30)
         check.results["targets"] = targets(check.results)
         check.results["total_s"] = round(time.monotonic() - check.started, 1)
         check.save()

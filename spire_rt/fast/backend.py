@@ -7,7 +7,7 @@ What it does to the model (in place, like TorchBackend; `close()` undoes the pat
 1. cast to the compute dtype (precision.py) and to channels-last (UNet, adaptor, VAE): cuDNN's NHWC
    convolutions, and the transformers' head split becomes a view;
 2. patch the modules (patch.py): the fused decoder entry, GroupNorm+SiLU, GEGLU, fused QKV projections, and
-   with `overlap=True` the adaptor on a second CUDA stream beside the UNet's encoder (overlap.py);
+   the adaptor on a second CUDA stream beside the UNet's encoder (overlap.py; `overlap=False` keeps one stream);
 3. capture each denoiser call in a CUDA graph per input shape (graph.py): one guided step is one replay, where
    eager PyTorch launches about two thousand kernels from Python. Inputs are copied into static buffers each
    step, so prompts, strength and guidance can change without a recapture.
@@ -42,7 +42,7 @@ class FastTorchBackend:
 
     def __init__(self, model, device: str | torch.device = "cuda", dtype=None, *, kernels: str = "auto",
                  cuda_graph: bool = True, channels_last: bool = True, fuse_qkv: bool = True,
-                 overlap: bool = False, compile: str | None = None):
+                 overlap: bool = True, compile: str | None = None):
         self.device = resolve_device(device)
         self.model = model
         self.dtype_fixed = dtype is not None

@@ -24,11 +24,12 @@ def test_smoke_run_writes_every_section(tmp_path, capsys):
     assert results["env"]["gpu"] is None and results["roofline"]["copy_gbps"] > 0
     assert [k["name"] for k in results["kernels"]] == ["modulate 64x64 320"]
     assert results["kernels"][0]["rel_err_vs_eager"] < 1e-2
-    assert set(results["step"]) == {"eager_fp32", "fast_fp32", "fast_fp32_overlap"}
+    assert set(results["step"]) == {"eager_fp32", "fast_fp32", "fast_fp32_one_stream"}
     assert results["step"]["fast_fp32"]["backend"]["kernels"] == "reference"
-    assert results["step"]["fast_fp32_overlap"]["backend"]["overlap"] is True
-    assert set(results["e2e"]) == {"eager_fp32", "fast_fp32", "fast_fp32_overlap", "fp32_reference"}
-    assert results["psnr_db"]["fast_fp32"] > 35 and results["psnr_db"]["fast_fp32_overlap"] > 35
+    assert results["step"]["fast_fp32"]["backend"]["overlap"] is True
+    assert results["step"]["fast_fp32_one_stream"]["backend"]["overlap"] is False
+    assert set(results["e2e"]) == {"eager_fp32", "fast_fp32", "fast_fp32_one_stream", "fp32_reference"}
+    assert results["psnr_db"]["fast_fp32"] > 35 and results["psnr_db"]["fast_fp32_one_stream"] > 35
     assert results["profile"]["kernel_ms_per_step"] > 0 and results["profile"]["top"]
     assert "step_x_flop_floor <= 4" in results["targets"]
     assert "SMOKE RUN" in (tmp_path / "gpu_check.log").read_text()
