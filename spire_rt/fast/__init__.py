@@ -13,8 +13,9 @@
 Attention is PyTorch's scaled_dot_product_attention, not a Triton kernel: on an H100 it dispatches to flash /
 cuDNN attention (wgmma, TMA), which the Triton tutorial kernel matches at best for SPIRE's shapes (head dim 64,
 4096 query tokens at 512x512, 77 keys in cross-attention). What surrounds it is handled without a kernel: in
-channels-last the head split and merge are views, and QKV (or KV) projections are one GEMM. A Triton attention is
-worth writing only if a profile shows the modulation or layout copies next to attention costing more than that.
+channels-last the head split and merge are views, and QKV (or KV) projections are one GEMM. The H200 profile
+(bench/results/gpu_check_h200.md) bears this out: attention is cuDNN's sm90 flash kernel, 1.05 of the step's 9.1 ms
+of kernel time, with no layout copy beside it worth fusing.
 """
 
 from .backend import FastTorchBackend
