@@ -36,6 +36,7 @@ import gc
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -392,7 +393,9 @@ def start_tests(check, cuda):
         pass
     log = open(check.out / "tests.log", "w", encoding="utf-8")  # noqa: SIM115 (closed by finish_tests)
     print("running:", " ".join(command))
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # its own process group, so a cut-off run takes its xdist workers with it (they would skew the timings)
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     return {"process": process, "log": log, "command": command, "started": time.monotonic()}
 
 
@@ -404,7 +407,8 @@ def finish_tests(check, handle, timeout_s):
     try:
         rc = process.wait(timeout=max(1.0, timeout_s))
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
         rc = "timeout"
     handle["log"].close()
     text = (check.out / "tests.log").read_text(encoding="utf-8", errors="replace")
