@@ -68,7 +68,8 @@ class FastTorchBackend:
     def describe(self) -> dict:
         return {"backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "kernels": self.ops.name if self.ops else "off", "cuda_graph": self.cuda_graph,
-                "channels_last": self.channels_last, "overlap": self.overlap, "compile": self.compile, "patched": dict(self.patches.counts)}
+                "channels_last": self.channels_last, "overlap": self.overlap, "compile": self.compile,
+                "patched": dict(self.patches.counts)}
 
     def cast_model(self, dtype: torch.dtype) -> None:
         for name, module in self.model.modules().items():
