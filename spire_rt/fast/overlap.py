@@ -5,8 +5,9 @@
 Within one denoiser call, the adaptor (batch 1) and the UNet's down and mid blocks (batch 2 when guided) do not
 depend on each other: the adaptor's modulations are first needed at the decoder entry. Run one after the other,
 each leaves much of a Hopper GPU idle at the 16x16 and 8x8 levels, where a convolution has only a few hundred output
-rows (on an H200 one stream measured 9.5 ms a step, two 7.9 ms). Here the adaptor is forked onto `side` and joined before the decoder; inside a CUDA graph the fork and the
-join become graph edges, so every replay runs the two branches side by side.
+rows. Here the adaptor is forked onto `side` and joined before the decoder; inside a CUDA graph the fork and the
+join become graph edges, so every replay runs the two branches side by side (on an H200: 9.5 ms a guided step on
+one stream, 7.9 ms on two; bench/results/gpu_check_h200.md).
 
 The guided step also hands the adaptor's batch-1 modulations straight to the decoder, where the kernels (and the
 PyTorch reference) broadcast them over both guidance branches instead of repeating them.
