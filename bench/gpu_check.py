@@ -55,7 +55,7 @@ PROMPT = "a red fire hydrant on a sidewalk"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results" / "latest"),
-                        help="folder for gpu_check.json and gpu_check.log (default: $OUT)")
+                        help="folder for gpu_check.json and gpu_check.log, not holding them yet (default: $OUT)")
     parser.add_argument("--smoke", action="store_true", help="tiny preset and shapes, runs on the CPU")
     parser.add_argument("--preset", default=None, help="default: sd21-base (tiny with --smoke)")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (default 512; 32 smoke)")
@@ -786,6 +786,11 @@ def print_table(results):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    earlier = [name for name in ("gpu_check.json", "gpu_check.log") if (Path(args.out) / name).exists()]
+    if earlier:  # the JSON would be replaced and the log appended to: an earlier run's record would be lost
+        print(f"{args.out} already holds {' and '.join(earlier)} from an earlier run; give a fresh --out",
+              file=sys.stderr)
+        return 2
     import torch
 
     cuda = torch.cuda.is_available()

@@ -34,3 +34,13 @@ def test_smoke_run_writes_every_section(tmp_path, capsys):
     assert "step_x_flop_floor <= 4" in results["targets"]
     assert "SMOKE RUN" in (tmp_path / "gpu_check.log").read_text()
     assert "targets:" in capsys.readouterr().out
+
+
+def test_an_earlier_run_is_never_overwritten(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    (tmp_path / "gpu_check.json").write_text("{}")
+    assert gpu_check.main(["--smoke", "--out", str(tmp_path), "--tests", "none"]) == 2
+    assert "already holds gpu_check.json" in capsys.readouterr().err
+    assert (tmp_path / "gpu_check.json").read_text() == "{}" and not (tmp_path / "gpu_check.log").exists()
