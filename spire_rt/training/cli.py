@@ -39,11 +39,15 @@ def register(commands) -> None:
     parser.add_argument("--start-noise", type=float, default=1.0,
                         help="adaptor, with --strength: scale of the noise at the start (0: deterministic)")
     parser.add_argument("--single-rate", type=float, default=0.0,
-                        help="adaptor: share of training pairs degraded by one operation (blur, downscale, noise "
-                             "or JPEG from stage 1's range) instead of SPIRE's two-stage draw (default 0)")
+                        help="adaptor (and decoder with --landing-rate): share of training pairs degraded by one "
+                             "operation (blur, downscale, noise or JPEG from stage 1's range) instead of SPIRE's "
+                             "two-stage draw (default 0)")
     parser.add_argument("--loss-space", default="latent", choices=LOSS_SPACES,
                         help="adaptor, with --strength: score the one-step result on the latent (default) or on "
                              "the image the frozen VAE decoder makes of it (slower; what eval measures)")
+    parser.add_argument("--landing-rate", type=float, default=0.0,
+                        help="decoder: share of each batch decoded from OUT/model's own restorations of degraded "
+                             "pairs (its default sampling) instead of clean latents (default 0; see the recipe)")
     parser.add_argument("--default-strength", type=float,
                         help="ship: the SDEdit strength to record as the model's default (chosen on validation "
                              "images; otherwise the adaptor stage's middle of --strength)")
@@ -77,7 +81,8 @@ def run_train(args) -> int:
                          seed=args.seed, threads=args.threads, checkpoint_minutes=args.checkpoint_minutes,
                          eval_minutes=args.eval_minutes, leaves=args.leaves, quiet=args.quiet,
                          strength=tuple(args.strength) if args.strength else None, start_noise=args.start_noise,
-                         single_rate=args.single_rate, loss_space=args.loss_space)
+                         single_rate=args.single_rate, loss_space=args.loss_space,
+                         landing_rate=args.landing_rate)
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))
     return 0

@@ -3,6 +3,9 @@
     vae      AutoencoderKL on clean crops: L1 + L1 of image gradients + a small KL     -> RUN/vae/
     decoder  (optional, any time after vae) the decoder alone, encoder frozen, so the latent space the
              prior and adaptor learned stays valid; raises the reconstruction ceiling     -> RUN/vae/
+             With --landing-rate R (after the adaptor) that share of each batch is RUN/model's own restorations:
+             the latents its default sampling lands on from degraded pairs, decoded against the clean crops, so
+             the last network a restoration passes through learns what the one-step landing leaves undone.
     prior    the UNet, unconditional (semantic prompt always ""), v-prediction on latents -> RUN/unet/, RUN/text_encoder/
     adaptor  VAE and UNet frozen; the modulated adaptor and the text encoder learn the restoration prompt
              on pairs from spire_rt.degrade (20% "Remove all degradation")               -> RUN/model/ (a SPIRE folder)
@@ -43,7 +46,7 @@ from ..models.networks import TextEncoderNet, VaeDecoderNet, VaeEncoderNet
 from ..models.presets import Preset, get_preset
 from ..models.spire_model import SpireModel, load_component
 from ..models.tokenizer import MAX_LENGTH, build_grammar_tokenizer
-from ..sampling import NoiseSchedule
+from ..sampling import SAMPLERS, NoiseSchedule, trailing_timesteps
 from ..staging import staged_folder
 from .data import HELD_OUT, TrainingImages, degraded_pairs, load_skimage_image
 
@@ -73,6 +76,7 @@ class StageConfig:
     start_noise: float = 1.0  # adaptor, with strength: the scale of the noise at the start (0: deterministic)
     single_rate: float = 0.0  # adaptor: share of pairs degraded by one stage-1 operation instead of two stages
     loss_space: str = "latent"  # adaptor, one-step: where the landed x0 is scored ("latent" or "pixel")
+    landing_rate: float = 0.0  # decoder: share of each batch decoded from RUN/model's restorations
     extra: dict = field(default_factory=dict)
 
 
@@ -114,10 +118,14 @@ def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
 
 
 def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
-    if config.single_rate and config.stage != "adaptor":
-        raise SpireError("--single-rate applies to the adaptor stage only")
+    if config.single_rate and config.stage != "adaptor" and not config.landing_rate:
+        raise SpireError("--single-rate applies to the adaptor stage (and the decoder stage with --landing-rate)")
     if not 0 <= config.single_rate <= 1:
         raise SpireError(f"--single-rate must be in [0, 1], got {config.single_rate}")
+    if config.landing_rate and config.stage != "decoder":
+        raise SpireError("--landing-rate applies to the decoder stage only")
+    if not 0 <= config.landing_rate <= 1:
+        raise SpireError(f"--landing-rate must be in [0, 1], got {config.landing_rate}")
     if config.loss_space not in LOSS_SPACES:
         raise SpireError(f"--loss-space must be one of {', '.join(LOSS_SPACES)}, got {config.loss_space!r}")
     if config.loss_space != "latent" and config.strength is None:
@@ -317,7 +325,12 @@ class VaeStage(Stage):
 
 
 class DecoderStage(VaeStage):
-    """The VAE's decoder alone, from RUN/vae: the encoder (and so every latent) stays exactly as it was."""
+    """The VAE's decoder alone, from RUN/vae: the encoder (and so every latent) stays exactly as it was.
+
+    With --landing-rate R, R of each batch is decoded from RUN/model's restorations of degraded pairs (Landings)
+    instead of from the clean crops' latents, and every pair is scored by the log of its error (the mean PSNR,
+    as the one-step adaptor is). The adaptor and UNet are not touched: only how their result becomes pixels.
+    """
 
     name = "decoder"
 
@@ -327,15 +340,36 @@ class DecoderStage(VaeStage):
         self.decoder_parts = [self.vae.decoder, self.vae.post_quant_conv]
         for part in self.decoder_parts:
             part.requires_grad_(True)
+        self.encoder, self.decoder = VaeEncoderNet(self.vae), VaeDecoderNet(self.vae)
+        self.landings = None
+        if self.config.landing_rate:
+            from ..models.spire_model import load_model
+
+            model_folder = self.out / "model"
+            if not model_folder.is_dir():
+                raise SpireError(f"--landing-rate: no adaptor model at {model_folder} (run the adaptor stage first)")
+            self.landings = Landings(load_model(model_folder), self.encoder, self.device)
 
     def parameters(self):
         return [p for part in self.decoder_parts for p in part.parameters()]
 
     def loss(self):
-        x = self.clean_batch() * 2 - 1
-        with torch.no_grad():
-            latent = self.vae.encode(x).latent_dist.mean
-        return reconstruction_loss(self.vae.decode(latent).sample, x)
+        clean = self.clean_batch()
+        if self.landings is None:
+            with torch.no_grad():
+                latent = self.vae.encode(clean * 2 - 1).latent_dist.mean
+            return reconstruction_loss(self.vae.decode(latent).sample, clean * 2 - 1)
+        landed = round(self.config.landing_rate * clean.shape[0])
+        y, prompts = degraded_pairs(clean[:landed].cpu(), self.rng, single_rate=self.config.single_rate)
+        generator = torch.Generator().manual_seed(int(self.rng.integers(2**62)))
+        latents = [self.landings(y.to(self.device), prompts, generator)] if landed else []
+        if landed < clean.shape[0]:
+            with torch.no_grad():
+                latents.append(self.encoder(clean[landed:] * 2 - 1))
+        decoded = self.decoder(torch.cat(latents))
+        per_pair = (decoded - (clean * 2 - 1)).pow(2).mean(dim=(1, 2, 3))
+        metrics = {"landed_mse": per_pair[:landed].mean().item()} if landed else {}
+        return torch.log(per_pair + LOG_MSE_FLOOR).mean(), metrics
 
     def export(self) -> None:
         """Same config (and scaling factor) as the VAE it started from: only decoder weights change."""
@@ -357,6 +391,48 @@ class DecoderStage(VaeStage):
                                           decoded[0].permute(1, 2, 0).cpu().numpy()), 2)
         self.vae.train()
         return {"reconstruction_psnr": values}
+
+
+class Landings:
+    """The latents a SPIRE model's default restoration lands on before decoding: the pipeline's phases 2 to 4
+    (prompts, E(y) and the start, the sampler over the unguided denoiser) at the model's restore_defaults."""
+
+    def __init__(self, model: SpireModel, vae_encoder: VaeEncoderNet, device: torch.device):
+        from ..pipeline import RestoreOptions
+
+        for module in model.modules().values():
+            module.to(device).eval().requires_grad_(False)
+        self.options = RestoreOptions(**model.restore_defaults).validated()
+        self.model, self.vae_encoder, self.device = model, vae_encoder, device
+        self.denoiser = model.networks()["denoiser"]
+        self.schedule = NoiseSchedule.from_config(model.scheduler_config)
+        self.text = TextEncoderNet(model.text_encoder, model.text_layer)
+        self.timesteps = trailing_timesteps(self.options.steps, self.schedule.num_train_timesteps,
+                                            self.options.strength)
+
+    @torch.no_grad()
+    def __call__(self, y: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+        batch, opts = y.shape[0], self.options
+        restore = self.encode(prompts)
+        semantic = self.encode([""]).expand(batch, -1, -1)
+        y_latent = self.vae_encoder(y * 2 - 1)
+        noise = torch.randn(y_latent.shape, generator=generator).to(self.device)
+        start = noise if opts.strength == 1 else self.schedule.add_noise(y_latent, opts.start_noise * noise,
+                                                                         self.timesteps[:1])
+        adaptor_strength = torch.tensor([opts.adaptor_strength], device=self.device)
+        unguided = torch.ones(1, device=self.device)
+
+        def denoise(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            t = timestep.to(self.device).expand(batch)
+            return self.denoiser(sample, t, y_latent, restore, semantic, adaptor_strength, unguided)
+
+        return SAMPLERS[opts.sampler](denoise, start, self.timesteps, self.schedule)
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        tokenizer = self.model.tokenizer
+        ids = tokenizer(prompts, padding="max_length", max_length=self.model.max_text_length, truncation=True,
+                        return_tensors="pt").input_ids.to(self.device)
+        return self.text(ids)
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -261,13 +261,78 @@ def test_single_rate_mixes_in_one_operation_pairs():
 @pytest.mark.parametrize(("stage", "rate", "message"), [
     ("adaptor", 1.5, r"--single-rate must be in \[0, 1\]"),
     ("adaptor", -0.1, r"--single-rate must be in \[0, 1\]"),
-    ("vae", 0.5, "adaptor stage only"),
+    ("vae", 0.5, "applies to the adaptor stage"),
+    ("decoder", 0.5, "applies to the adaptor stage"),  # the decoder draws pairs only with --landing-rate
 ])
 def test_bad_single_rate_is_refused(tmp_path, stage, rate, message):
     from spire_rt.errors import SpireError
 
     with pytest.raises(SpireError, match=message):
         recipe.run_stage(config(tmp_path, stage, single_rate=rate), SMALL)
+
+
+def copy_decoder_inputs(run, folder):
+    """What a decoder stage with --landing-rate reads from a run (VAE, the adaptor's model, image cache)."""
+    import shutil
+
+    for part in ("vae", "model", "cache"):
+        shutil.copytree(run / part, folder / part)
+
+
+def test_landings_are_what_the_pipeline_decodes(run_folder):
+    """Landings runs the pipeline's phases 2-4 at the model's restore_defaults: decoding its latent gives the
+    image the Restorer returns (no colour fix), to 8-bit rounding."""
+    from spire_rt.backends.torch_backend import TorchBackend
+    from spire_rt.models.networks import VaeDecoderNet, VaeEncoderNet
+    from spire_rt.pipeline import Restorer
+
+    model = load_model(run_folder[0] / "model")
+    model.restore_defaults = {"steps": 2, "strength": 0.5, "start_noise": 0.5}
+    landings = recipe.Landings(model, VaeEncoderNet(model.vae), torch.device("cpu"))
+    restorer = Restorer(model, TorchBackend(model))
+    image = np.random.default_rng(0).random((16, 16, 3)).astype(np.float32)
+    for seed, prompt in ((3, "Denoise with sigma 0.10"), (4, BLIND_PROMPT)):
+        y = torch.from_numpy(image).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            latent = landings(y, [prompt], torch.Generator().manual_seed(seed))
+            decoded = ((VaeDecoderNet(model.vae)(latent) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+        restored = np.asarray(restorer(image, restore=prompt, seed=seed, color_fix="none"), np.float32) / 255
+        assert np.abs(restored - decoded).max() <= 0.5 / 255 + 1e-4
+
+
+def test_decoder_stage_learns_from_landings(run_folder, tmp_path):
+    """--landing-rate: part of each batch is the model's restorations, the loss falls, the encoder stays."""
+    copy_decoder_inputs(run_folder[0], tmp_path)
+    stage = make_stage(config(tmp_path, "decoder", steps=80, lr=1e-3, landing_rate=0.75, single_rate=0.5),
+                       recipe.DecoderStage)
+    encoder = {k: v.clone() for k, v in stage.vae.encoder.state_dict().items()}
+    before = held_loss(stage)
+    stage.train()
+    assert held_loss(stage) < before
+    records = [json.loads(line) for line in (tmp_path / "decoder.jsonl").read_text().splitlines()]
+    assert all(record["landed_mse"] > 0 for record in records if "loss" in record)
+    saved = load_model(tmp_path / "model").vae  # the model is untouched; RUN/vae holds the new decoder
+    from spire_rt.models.spire_model import load_component
+
+    vae = load_component(tmp_path / "vae", "vae")
+    for name, tensor in vae.encoder.state_dict().items():
+        assert torch.equal(tensor, encoder[name]) and torch.equal(tensor, saved.encoder.state_dict()[name]), name
+    assert not torch.equal(vae.decoder.conv_out.weight, saved.decoder.conv_out.weight)
+
+
+@pytest.mark.parametrize(("stage", "rate", "message"), [
+    ("adaptor", 0.5, "decoder stage only"),
+    ("decoder", 1.5, r"--landing-rate must be in \[0, 1\]"),
+    ("decoder", 0.5, "no adaptor model at"),  # the fresh folder has no RUN/model to restore with
+])
+def test_bad_landing_rate_is_refused(run_folder, tmp_path, stage, rate, message):
+    import shutil
+
+    from spire_rt.errors import SpireError
+
+    shutil.copytree(run_folder[0] / "vae", tmp_path / "vae")
+    with pytest.raises(SpireError, match=message):
+        recipe.run_stage(config(tmp_path, stage, landing_rate=rate), SMALL)
 
 
 def test_cosine_lr_warms_up_and_decays():
