@@ -348,6 +348,11 @@ class DecoderStage(VaeStage):
             model_folder = self.out / "model"
             if not model_folder.is_dir():
                 raise SpireError(f"--landing-rate: no adaptor model at {model_folder} (run the adaptor stage first)")
+            from .ship import check_same_encoder
+
+            # The adaptor learned from its own VAE's latents: landings made through another encoder would not be
+            # what the runtime decodes.
+            check_same_encoder(self.out / "vae", model_folder / "vae")
             self.landings = Landings(load_model(model_folder), self.encoder, self.device)
 
     def parameters(self):

@@ -79,7 +79,7 @@ def check_same_encoder(vae: Path, reference: Path) -> None:
     if changed or scaling[0] != scaling[1]:
         what = f"{len(changed)} encoder tensors differ" if changed else "its scaling factor differs"
         raise ModelLoadError(f"{vae}: not the VAE the model was trained with ({what}); only a decoder-stage "
-                             "refinement of it may be shipped in its place")
+                             "refinement of it may stand in for it")
 
 
 def folder_size(folder: Path) -> int:

@@ -272,11 +272,13 @@ def test_bad_single_rate_is_refused(tmp_path, stage, rate, message):
 
 
 def copy_decoder_inputs(run, folder):
-    """What a decoder stage with --landing-rate reads from a run (VAE, the adaptor's model, image cache)."""
+    """What a decoder stage with --landing-rate reads from a run: the adaptor's model, its VAE as RUN/vae (other
+    tests resume the shared run's vae stage), the image cache."""
     import shutil
 
-    for part in ("vae", "model", "cache"):
+    for part in ("model", "cache"):
         shutil.copytree(run / part, folder / part)
+    shutil.copytree(run / "model" / "vae", folder / "vae")
 
 
 def test_landings_are_what_the_pipeline_decodes(run_folder):
@@ -318,6 +320,20 @@ def test_decoder_stage_learns_from_landings(run_folder, tmp_path):
     for name, tensor in vae.encoder.state_dict().items():
         assert torch.equal(tensor, encoder[name]) and torch.equal(tensor, saved.encoder.state_dict()[name]), name
     assert not torch.equal(vae.decoder.conv_out.weight, saved.decoder.conv_out.weight)
+
+
+def test_landings_refuse_a_vae_the_model_was_not_trained_with(run_folder, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from spire_rt.errors import ModelLoadError
+
+    copy_decoder_inputs(run_folder[0], tmp_path)
+    weights = tmp_path / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    tensors["encoder.conv_in.bias"] = tensors["encoder.conv_in.bias"] + 0.5
+    save_file(tensors, weights)
+    with pytest.raises(ModelLoadError, match="not the VAE the model was trained with"):
+        recipe.run_stage(config(tmp_path, "decoder", landing_rate=0.5), SMALL)
 
 
 @pytest.mark.parametrize(("stage", "rate", "message"), [
