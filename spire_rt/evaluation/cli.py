@@ -35,6 +35,8 @@ def register(commands) -> None:
                         help="noise scale at the SDEdit start (default: the model's own, else RestoreOptions')")
     parser.add_argument("--adaptor-strength", type=float, help="adaptor strength (default: the model's own, else RestoreOptions')")
     parser.add_argument("--color-fix", help="colour fix (default: the model's own, else RestoreOptions')")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier eval in --out (otherwise refused)")
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quiet", action="store_true")
@@ -73,7 +75,17 @@ def run_eval(args) -> int:
     from .benchmark import FAMILIES, markdown_table, run_benchmark, save_grids, summarise, write_results
     from .sweep import run_sweep, save_strip
 
+    families = tuple(args.families or FAMILIES)
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise SpireError(f"unknown families {', '.join(sorted(unknown))}; use {', '.join(FAMILIES)}")
     out = Path(args.out)
+    written = (["sweep.json", "sweep.png"] if args.sweep
+               else ["results.json", "results.md", *(f"grid_{family}.png" for family in families)])
+    earlier = [name for name in written if (out / name).exists()]
+    if earlier and not args.overwrite:
+        raise SpireError(f"{out} already holds {', '.join(earlier)} from an earlier eval; give another --out, "
+                         "or --overwrite to replace them")
     out.mkdir(parents=True, exist_ok=True)
     images = load_images(args.images)
     chosen = {"steps": args.steps, "sampler": args.sampler, "strength": args.strength,
@@ -102,10 +114,6 @@ def run_eval(args) -> int:
                   f"  hf energy {' '.join(f'{e:.2e}' for e in entry['hf_energy'])}")
         return 0
 
-    families = tuple(args.families or FAMILIES)
-    unknown = set(families) - set(FAMILIES)
-    if unknown:
-        raise SpireError(f"unknown families {', '.join(sorted(unknown))}; use {', '.join(FAMILIES)}")
     started = time.perf_counter()
     with tqdm(total=len(images) * len(families), desc="eval", unit="case", disable=args.quiet) as bar:
         records, outputs = run_benchmark(restorer, images, options, seed=args.seed, families=families,

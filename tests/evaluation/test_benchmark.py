@@ -67,7 +67,7 @@ def test_summary_and_table():
     assert "| f | 21.00 / 0.600 | 22.50 / 0.650 | 25.50 / 0.850 | +4.50 | +3.00 |" in benchmark.markdown_table(summary)
 
 
-def test_eval_command_writes_table_json_and_grids(tmp_path, tiny_model, photo):
+def test_eval_command_writes_table_json_and_grids(tmp_path, tiny_model, photo, capsys):
     from PIL import Image
 
     from spire_rt.cli import main
@@ -85,6 +85,15 @@ def test_eval_command_writes_table_json_and_grids(tmp_path, tiny_model, photo):
     assert results["options"]["steps"] == 1
     assert (out / "results.md").read_text().count("upsample_2x") == 1
     assert Image.open(out / "grid_upsample_2x.png").size == (4 * 128, 128)
+
+    # A second run into the same folder would replace these results: refused before anything runs, unless asked.
+    before = (out / "results.json").read_bytes()
+    again = ["eval", "--model", str(model_folder), "--images", str(images), "--out", str(out),
+             "--families", "upsample_2x", "--steps", "1", "--quiet"]
+    assert main(again) == 2
+    assert "already holds results.json, results.md, grid_upsample_2x.png" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
+    assert main([*again, "--overwrite"]) == 0
 
 
 def test_heldout_images_are_the_training_holdout():
