@@ -44,11 +44,12 @@ from ..models.adaptor import init_adaptor_from_unet
 from ..models.modulated_unet import unet_forward_modulated
 from ..models.networks import TextEncoderNet, VaeDecoderNet, VaeEncoderNet
 from ..models.presets import Preset, get_preset
-from ..models.spire_model import SpireModel, load_component
+from ..models.spire_model import SpireModel, load_component, load_model
 from ..models.tokenizer import MAX_LENGTH, build_grammar_tokenizer
 from ..sampling import SAMPLERS, NoiseSchedule, trailing_timesteps
 from ..staging import staged_folder
 from .data import HELD_OUT, TrainingImages, degraded_pairs, load_skimage_image
+from .ship import check_same_encoder
 
 STAGES = ("vae", "decoder", "prior", "adaptor")
 
@@ -343,13 +344,9 @@ class DecoderStage(VaeStage):
         self.encoder, self.decoder = VaeEncoderNet(self.vae), VaeDecoderNet(self.vae)
         self.landings = None
         if self.config.landing_rate:
-            from ..models.spire_model import load_model
-
             model_folder = self.out / "model"
             if not model_folder.is_dir():
                 raise SpireError(f"--landing-rate: no adaptor model at {model_folder} (run the adaptor stage first)")
-            from .ship import check_same_encoder
-
             # The adaptor learned from its own VAE's latents: landings made through another encoder would not be
             # what the runtime decodes.
             check_same_encoder(self.out / "vae", model_folder / "vae")
@@ -365,9 +362,11 @@ class DecoderStage(VaeStage):
                 latent = self.vae.encode(clean * 2 - 1).latent_dist.mean
             return reconstruction_loss(self.vae.decode(latent).sample, clean * 2 - 1)
         landed = round(self.config.landing_rate * clean.shape[0])
-        y, prompts = degraded_pairs(clean[:landed].cpu(), self.rng, single_rate=self.config.single_rate)
-        generator = torch.Generator().manual_seed(int(self.rng.integers(2**62)))
-        latents = [self.landings(y.to(self.device), prompts, generator)] if landed else []
+        latents = []
+        if landed:
+            y, prompts = degraded_pairs(clean[:landed].cpu(), self.rng, single_rate=self.config.single_rate)
+            generator = torch.Generator().manual_seed(int(self.rng.integers(2**62)))
+            latents.append(self.landings(y.to(self.device), prompts, generator))
         if landed < clean.shape[0]:
             with torch.no_grad():
                 latents.append(self.encoder(clean[landed:] * 2 - 1))

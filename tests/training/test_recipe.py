@@ -320,6 +320,9 @@ def test_decoder_stage_learns_from_landings(run_folder, tmp_path):
     for name, tensor in vae.encoder.state_dict().items():
         assert torch.equal(tensor, encoder[name]) and torch.equal(tensor, saved.encoder.state_dict()[name]), name
     assert not torch.equal(vae.decoder.conv_out.weight, saved.decoder.conv_out.weight)
+    few = make_stage(config(tmp_path, "decoder", landing_rate=0.1), recipe.DecoderStage)  # 0.1 of 4: none landed
+    loss, metrics = few.loss()
+    assert torch.isfinite(loss) and "landed_mse" not in metrics
 
 
 def test_landings_refuse_a_vae_the_model_was_not_trained_with(run_folder, tmp_path):
