@@ -8,7 +8,6 @@ output format can hold it.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ImageError
+from .staging import staged_file
 
 # Far above any photo, far below what would exhaust memory: PIL raises past twice this.
 MAX_INPUT_PIXELS = 64 * 1024 * 1024
@@ -141,15 +141,10 @@ def save_image(image: Image.Image, path: str | Path, overwrite: bool = False) ->
         image = image.convert("L" if image.mode in ("LA", "I;16") else "RGB")
     if image_format == "WEBP" and image.mode == "I;16":
         image = image.convert("L")
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    save_options = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            save_options = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
-            image.save(handle, format=image_format, **save_options)
-        os.replace(temporary, path)
+        with staged_file(path) as staging:
+            image.save(staging, format=image_format, **save_options)
     except OSError as error:
         raise ImageError(f"{path}: cannot write ({error})") from None
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
     return path

@@ -30,6 +30,7 @@ from PIL import Image
 
 from ..degrade import degrade, degrade_explicit
 from ..prompts import BLIND_PROMPT, CLAUSES, parse_restoration_prompt
+from ..staging import staged_file
 from .metrics import as_float, psnr, ssim
 
 CROP = 256
@@ -238,7 +239,8 @@ def save_grids(outputs: dict, folder: Path, tile: int = 128) -> list[Path]:
             rows.append(np.concatenate(tiles, axis=1))
         grid = np.round(np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).astype(np.uint8)
         path = folder / f"grid_{family}.png"
-        Image.fromarray(grid).save(path, optimize=True)
+        with staged_file(path) as staging:
+            Image.fromarray(grid).save(staging, optimize=True)
         paths.append(path)
     return paths
 
@@ -255,12 +257,14 @@ def write_results(folder: Path, records: list[dict], summary: dict, info: dict) 
             return [clean(v) for v in value]
         return value
 
-    (folder / "results.json").write_text(json.dumps(clean({**info, "summary": summary, "cases": records}),
-                                                    indent=2) + "\n", encoding="utf-8")
+    with staged_file(folder / "results.json") as staging:
+        staging.write_text(json.dumps(clean({**info, "summary": summary, "cases": records}), indent=2) + "\n",
+                           encoding="utf-8")
     setup = (f"Model `{info['model']}`, images: {', '.join(info['images'])} ({CROP}x{CROP} centre crops), "
              f"seed {info['seed']}, options {json.dumps(info['options'])}.")
     legend = ("Mean PSNR (dB) / SSIM against the clean crop. Degraded: the input, bicubic-upsampled where it was "
               "downscaled. Baseline: classical restoration given the prompt's values (see "
               "spire_rt/evaluation/benchmark.py).")
     header = ["# spire-rt eval", "", setup, "", legend, ""]
-    (folder / "results.md").write_text("\n".join(header) + markdown_table(summary), encoding="utf-8")
+    with staged_file(folder / "results.md") as staging:
+        staging.write_text("\n".join(header) + markdown_table(summary), encoding="utf-8")

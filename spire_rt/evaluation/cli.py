@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from ..errors import ImageError, SpireError
+from ..staging import staged_file
 
 HELDOUT_IMAGES = "skimage-heldout"
 VALIDATION_IMAGES = "skimage-validation"  # training photographs: for choosing settings without the held-out set
@@ -106,8 +107,9 @@ def run_eval(args) -> int:
         if name not in images:
             raise SpireError(f"--sweep-image {name!r}: not among {', '.join(sorted(images))}")
         record, strips = run_sweep(restorer, images[name], options, seed=args.seed)
-        (out / "sweep.json").write_text(json.dumps({**info, "image": name, "sweeps": record}, indent=2) + "\n",
-                                        encoding="utf-8")
+        with staged_file(out / "sweep.json") as staging:
+            staging.write_text(json.dumps({**info, "image": name, "sweeps": record}, indent=2) + "\n",
+                               encoding="utf-8")
         save_strip(strips, out / "sweep.png")
         for sweep, entry in record.items():
             print(f"{sweep}: Spearman rho {entry['spearman_rho']:+.3f} (expected sign {entry['expected_sign']:+d})"

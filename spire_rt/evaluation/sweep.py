@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..degrade import degrade_explicit
+from ..staging import staged_file
 from .benchmark import centre_crop
 from .metrics import as_float, high_frequency_energy, psnr, spearman
 
@@ -53,4 +54,5 @@ def save_strip(strips: dict, path, tile: int = 96) -> None:
     width = max(row.shape[1] for row in rows)
     rows = [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=1.0) for row in rows]
     strip = np.round(np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).astype(np.uint8)
-    Image.fromarray(strip).save(path, optimize=True)
+    with staged_file(path) as staging:
+        Image.fromarray(strip).save(staging, optimize=True)

@@ -31,6 +31,7 @@ import torch
 
 from .. import __version__
 from ..models.spire_model import SpireModel
+from ..staging import staged_file
 from . import ExportError
 from .descriptors import ShapeProfile, check_precision
 
@@ -107,18 +108,11 @@ def file_sha256(path: Path) -> str:
 
 def atomic_write_json(path: Path, data: dict) -> None:
     """Write beside the target, flush to disk, then rename over it: readers see the old or the new file, whole."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, sort_keys=True)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    with staged_file(path) as staging, open(staging, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=2, sort_keys=True)
+        out.write("\n")
+        out.flush()
+        os.fsync(out.fileno())
 
 
 @dataclass(frozen=True)
