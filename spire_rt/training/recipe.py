@@ -350,7 +350,7 @@ class DecoderStage(VaeStage):
             # The adaptor learned from its own VAE's latents: landings made through another encoder would not be
             # what the runtime decodes.
             check_same_encoder(self.out / "vae", model_folder / "vae")
-            self.landings = Landings(load_model(model_folder), self.encoder, self.device)
+            self.landings = Landings(load_model(model_folder), self.device)
 
     def parameters(self):
         return [p for part in self.decoder_parts for p in part.parameters()]
@@ -398,45 +398,42 @@ class DecoderStage(VaeStage):
 
 
 class Landings:
-    """The latents a SPIRE model's default restoration lands on before decoding: the pipeline's phases 2 to 4
-    (prompts, E(y) and the start, the sampler over the unguided denoiser) at the model's restore_defaults."""
+    """The latents a SPIRE model's default restoration lands on before decoding: the pipeline's phases 2 to 4 at
+    the model's restore_defaults, through the same parts (a PromptEncoder over a fp32 TorchBackend, the unguided
+    denoiser network, the sampler), for a batch of degraded images."""
 
-    def __init__(self, model: SpireModel, vae_encoder: VaeEncoderNet, device: torch.device):
+    def __init__(self, model: SpireModel, device: torch.device):
+        from ..backends.torch_backend import TorchBackend
         from ..pipeline import RestoreOptions
+        from ..prompt_encoder import PromptEncoder
 
-        for module in model.modules().values():
-            module.to(device).eval().requires_grad_(False)
+        self.backend = TorchBackend(model, device=device, dtype=torch.float32)
+        self.prompts = PromptEncoder(self.backend, model.tokenizer, model.max_text_length)
         self.options = RestoreOptions(**model.restore_defaults).validated()
-        self.model, self.vae_encoder, self.device = model, vae_encoder, device
-        self.denoiser = model.networks()["denoiser"]
         self.schedule = NoiseSchedule.from_config(model.scheduler_config)
-        self.text = TextEncoderNet(model.text_encoder, model.text_layer)
         self.timesteps = trailing_timesteps(self.options.steps, self.schedule.num_train_timesteps,
                                             self.options.strength)
 
     @torch.no_grad()
     def __call__(self, y: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
-        batch, opts = y.shape[0], self.options
-        restore = self.encode(prompts)
-        semantic = self.encode([""]).expand(batch, -1, -1)
-        y_latent = self.vae_encoder(y * 2 - 1)
-        noise = torch.randn(y_latent.shape, generator=generator).to(self.device)
+        batch, opts, device = y.shape[0], self.options, self.backend.device
+        y_latent = self.backend.run("vae_encoder", {"image": y * 2 - 1})["latent"]
+        noise = torch.randn(y_latent.shape, generator=generator).to(device)
         start = noise if opts.strength == 1 else self.schedule.add_noise(y_latent, opts.start_noise * noise,
                                                                          self.timesteps[:1])
-        adaptor_strength = torch.tensor([opts.adaptor_strength], device=self.device)
-        unguided = torch.ones(1, device=self.device)
+        fixed_feeds = {
+            "y_latent": y_latent,
+            "restore_embeddings": self.prompts.encode(prompts),
+            "semantic_embeddings": self.prompts.encode([""]).expand(batch, -1, -1),
+            "adaptor_strength": torch.tensor([opts.adaptor_strength], device=device),
+            "guidance_scale": torch.ones(1, device=device),  # unused: the unguided denoiser
+        }
 
         def denoise(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            t = timestep.to(self.device).expand(batch)
-            return self.denoiser(sample, t, y_latent, restore, semantic, adaptor_strength, unguided)
+            feeds = {**fixed_feeds, "sample": sample, "timestep": timestep.to(device).expand(batch)}
+            return self.backend.run("denoiser", feeds)["model_output"]
 
         return SAMPLERS[opts.sampler](denoise, start, self.timesteps, self.schedule)
-
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        tokenizer = self.model.tokenizer
-        ids = tokenizer(prompts, padding="max_length", max_length=self.model.max_text_length, truncation=True,
-                        return_tensors="pt").input_ids.to(self.device)
-        return self.text(ids)
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict]:

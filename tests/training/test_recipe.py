@@ -285,12 +285,12 @@ def test_landings_are_what_the_pipeline_decodes(run_folder):
     """Landings runs the pipeline's phases 2-4 at the model's restore_defaults: decoding its latent gives the
     image the Restorer returns (no colour fix), to 8-bit rounding."""
     from spire_rt.backends.torch_backend import TorchBackend
-    from spire_rt.models.networks import VaeDecoderNet, VaeEncoderNet
+    from spire_rt.models.networks import VaeDecoderNet
     from spire_rt.pipeline import Restorer
 
     model = load_model(run_folder[0] / "model")
     model.restore_defaults = {"steps": 2, "strength": 0.5, "start_noise": 0.5}
-    landings = recipe.Landings(model, VaeEncoderNet(model.vae), torch.device("cpu"))
+    landings = recipe.Landings(model, torch.device("cpu"))
     restorer = Restorer(model, TorchBackend(model))
     image = np.random.default_rng(0).random((16, 16, 3)).astype(np.float32)
     for seed, prompt in ((3, "Denoise with sigma 0.10"), (4, BLIND_PROMPT)):
