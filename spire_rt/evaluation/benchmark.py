@@ -43,6 +43,7 @@ FAMILIES = {
     "mixed_blind": None,
 }
 METHODS = ("degraded", "baseline", "model")
+RESULT_FILES = ("results.json", "results.md")  # what write_results writes; save_grids adds grid_file(family)
 MIXED_KINDS = 2  # a "mixed" case states at least this many kinds of degradation in its prompt
 RL_ITERATIONS = 30
 TV_WEIGHT = 0.04
@@ -238,11 +239,15 @@ def save_grids(outputs: dict, folder: Path, tile: int = 128) -> list[Path]:
             tiles = [centre_crop(images[c], tile) for c in ("degraded", "baseline", "model", "ground_truth")]
             rows.append(np.concatenate(tiles, axis=1))
         grid = np.round(np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).astype(np.uint8)
-        path = folder / f"grid_{family}.png"
+        path = folder / grid_file(family)
         with staged_file(path) as staging:
             Image.fromarray(grid).save(staging, optimize=True)
         paths.append(path)
     return paths
+
+
+def grid_file(family: str) -> str:
+    return f"grid_{family}.png"
 
 
 def write_results(folder: Path, records: list[dict], summary: dict, info: dict) -> None:
@@ -257,7 +262,8 @@ def write_results(folder: Path, records: list[dict], summary: dict, info: dict) 
             return [clean(v) for v in value]
         return value
 
-    with staged_file(folder / "results.json") as staging:
+    json_file, markdown_file = RESULT_FILES
+    with staged_file(folder / json_file) as staging:
         staging.write_text(json.dumps(clean({**info, "summary": summary, "cases": records}), indent=2) + "\n",
                            encoding="utf-8")
     setup = (f"Model `{info['model']}`, images: {', '.join(info['images'])} ({CROP}x{CROP} centre crops), "
@@ -266,5 +272,5 @@ def write_results(folder: Path, records: list[dict], summary: dict, info: dict) 
               "downscaled. Baseline: classical restoration given the prompt's values (see "
               "spire_rt/evaluation/benchmark.py).")
     header = ["# spire-rt eval", "", setup, "", legend, ""]
-    with staged_file(folder / "results.md") as staging:
+    with staged_file(folder / markdown_file) as staging:
         staging.write_text("\n".join(header) + markdown_table(summary), encoding="utf-8")

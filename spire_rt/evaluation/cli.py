@@ -15,6 +15,7 @@ from ..staging import staged_file
 
 HELDOUT_IMAGES = "skimage-heldout"
 VALIDATION_IMAGES = "skimage-validation"  # training photographs: for choosing settings without the held-out set
+SWEEP_FILES = ("sweep.json", "sweep.png")
 
 
 def register(commands) -> None:
@@ -73,7 +74,16 @@ def run_eval(args) -> int:
     from tqdm import tqdm
 
     from ..pipeline import RestoreOptions, Restorer
-    from .benchmark import FAMILIES, markdown_table, run_benchmark, save_grids, summarise, write_results
+    from .benchmark import (
+        FAMILIES,
+        RESULT_FILES,
+        grid_file,
+        markdown_table,
+        run_benchmark,
+        save_grids,
+        summarise,
+        write_results,
+    )
     from .sweep import run_sweep, save_strip
 
     families = tuple(args.families or FAMILIES)
@@ -81,8 +91,7 @@ def run_eval(args) -> int:
     if unknown:
         raise SpireError(f"unknown families {', '.join(sorted(unknown))}; use {', '.join(FAMILIES)}")
     out = Path(args.out)
-    written = (["sweep.json", "sweep.png"] if args.sweep
-               else ["results.json", "results.md", *(f"grid_{family}.png" for family in families)])
+    written = SWEEP_FILES if args.sweep else (*RESULT_FILES, *map(grid_file, families))
     earlier = [name for name in written if (out / name).exists()]
     if earlier and not args.overwrite:
         raise SpireError(f"{out} already holds {', '.join(earlier)} from an earlier eval; give another --out, "
@@ -107,10 +116,11 @@ def run_eval(args) -> int:
         if name not in images:
             raise SpireError(f"--sweep-image {name!r}: not among {', '.join(sorted(images))}")
         record, strips = run_sweep(restorer, images[name], options, seed=args.seed)
-        with staged_file(out / "sweep.json") as staging:
+        sweep_json, sweep_png = SWEEP_FILES
+        with staged_file(out / sweep_json) as staging:
             staging.write_text(json.dumps({**info, "image": name, "sweeps": record}, indent=2) + "\n",
                                encoding="utf-8")
-        save_strip(strips, out / "sweep.png")
+        save_strip(strips, out / sweep_png)
         for sweep, entry in record.items():
             print(f"{sweep}: Spearman rho {entry['spearman_rho']:+.3f} (expected sign {entry['expected_sign']:+d})"
                   f"  hf energy {' '.join(f'{e:.2e}' for e in entry['hf_energy'])}")
