@@ -27,6 +27,10 @@ def register(commands) -> None:
     parser.add_argument("--lr", type=float, help="peak learning rate (default per stage)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes that draw the training batches (crops, degradations) beside the training "
+                             "loop, and make the dead-leaves pool; a GPU needs several to stay busy (default 0: "
+                             "the loop draws them itself, and --resume carries the same random stream on)")
     parser.add_argument("--resume", action="store_true", help="carry on from OUT/<stage>.ckpt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--leaves", type=int, default=128, help="procedural dead-leaves images in the data pool")
@@ -78,7 +82,7 @@ def run_train(args) -> int:
         return 0
     config = StageConfig(stage=args.stage, out=Path(args.out), steps=args.steps, minutes=args.minutes,
                          batch=args.batch, crop=args.crop, lr=args.lr, device=args.device, resume=args.resume,
-                         seed=args.seed, threads=args.threads, checkpoint_minutes=args.checkpoint_minutes,
+                         seed=args.seed, threads=args.threads, workers=args.workers, checkpoint_minutes=args.checkpoint_minutes,
                          eval_minutes=args.eval_minutes, leaves=args.leaves, quiet=args.quiet,
                          strength=tuple(args.strength) if args.strength else None, start_noise=args.start_noise,
                          single_rate=args.single_rate, loss_space=args.loss_space,

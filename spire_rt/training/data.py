@@ -3,6 +3,8 @@
     images = TrainingImages.load(rng)            # the skimage photos (minus HELD_OUT) and a dead-leaves pool
     clean = images.crops(rng, batch=16, size=96) # [B, 3, size, size] in [0, 1], random crops and flips
     y, prompts = degraded_pairs(clean, rng)      # SPIRE's two-stage degradation, y resized back to the clean size
+    batches = worker_batches(images, BatchPlan(64, 64, degraded=64), seed=(0, 0), workers=6)
+                                                 # the same, drawn by worker processes beside a GPU training loop
 
 Dead leaves (Matheron 1968; Lee, Mumford & Huang 2001, "Occlusion models for natural images"): opaque discs
 dropped front to back with a power-law radius density p(r) ~ r^-3, which gives the scale invariance and the
@@ -11,7 +13,10 @@ dropped front to back with a power-law radius density p(r) ~ r^-3, which gives t
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,18 +101,31 @@ def dead_leaves(rng: np.random.Generator, size: int = 256, r_min: float = 1.5, r
     return np.clip(image, 0, 1).astype(np.float32)
 
 
-def dead_leaves_pool(count: int, seed: int = 0, size: int = 256, cache: str | Path | None = None) -> np.ndarray:
-    """`count` dead-leaves images [N, size, size, 3], cached as .npy (generation takes a few ms each)."""
+def dead_leaves_pool(count: int, seed: int = 0, size: int = 256, cache: str | Path | None = None,
+                     processes: int = 1) -> np.ndarray:
+    """`count` dead-leaves images [N, size, size, 3], cached as .npy (each takes a few hundred ms). Image i is
+    drawn from its own seed (seed, i), so the pool is the same however many processes make it."""
     if cache is not None:
-        cache = Path(cache) / f"dead_leaves_{count}_{seed}_{size}.npy"
+        # "v2": pools before per-image seeds were drawn from one stream; an old cache file is not this pool.
+        cache = Path(cache) / f"dead_leaves_v2_{count}_{seed}_{size}.npy"
         if cache.exists():
             return np.load(cache)
-    rng = np.random.default_rng(seed)
-    pool = np.stack([dead_leaves(rng, size) for _ in range(count)])
+    jobs = [(seed, index, size) for index in range(count)]
+    if processes > 1 and count > 1:
+        with multiprocessing.get_context("fork").Pool(min(processes, count)) as pool:
+            images = pool.map(seeded_dead_leaves, jobs)
+    else:
+        images = [seeded_dead_leaves(job) for job in jobs]
+    pool = np.stack(images) if images else np.zeros((0, size, size, 3), np.float32)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, pool)
     return pool
+
+
+def seeded_dead_leaves(job: tuple[int, int, int]) -> np.ndarray:
+    seed, index, size = job
+    return dead_leaves(np.random.default_rng([seed, index]), size)
 
 
 class TrainingImages:
@@ -119,10 +137,12 @@ class TrainingImages:
         self.photo_rate = photo_rate
 
     @classmethod
-    def load(cls, leaves: int = 256, seed: int = 0, cache: str | Path | None = None) -> TrainingImages:
+    def load(cls, leaves: int = 256, seed: int = 0, cache: str | Path | None = None,
+             processes: int = 1) -> TrainingImages:
         photos = [load_skimage_image(name) for name in TRAIN_IMAGES]
         cache = cache if cache is not None else os.environ.get("SPIRE_DATA_CACHE")
-        return cls(photos, dead_leaves_pool(leaves, seed, cache=cache) if leaves else np.zeros((0, 1, 1, 3)))
+        pool = dead_leaves_pool(leaves, seed, cache=cache, processes=processes) if leaves else np.zeros((0, 1, 1, 3))
+        return cls(photos, pool)
 
     def crop(self, rng: np.random.Generator, size: int) -> np.ndarray:
         use_photo = len(self.leaves) == 0 or rng.random() < self.photo_rate
@@ -171,3 +191,49 @@ def degraded_pairs(clean: torch.Tensor, rng: np.random.Generator, blind_rate: fl
         ys.append(y)
         prompts.append(BLIND_PROMPT if rng.random() < blind_rate else prompt)
     return torch.from_numpy(np.stack(ys)).permute(0, 3, 1, 2).contiguous(), prompts
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What one training step draws: `batch` clean crops of side `crop`; the first `degraded` of them also get a
+    degraded pair and its prompt (`single_rate` of those degraded by one operation, as in degraded_pairs)."""
+
+    batch: int
+    crop: int
+    degraded: int = 0
+    single_rate: float = 0.0
+
+    def draw(self, images: TrainingImages, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(clean [batch, 3, crop, crop], y [degraded, 3, crop, crop], prompts), on the CPU."""
+        clean = images.crops(rng, self.batch, self.crop)
+        if not self.degraded:
+            return clean, clean[:0], []
+        y, prompts = degraded_pairs(clean[:self.degraded], rng, single_rate=self.single_rate)
+        return clean, y, prompts
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Endless batches of a plan, one random stream per DataLoader worker, seeded (*seed, worker id)."""
+
+    def __init__(self, images: TrainingImages, plan: BatchPlan, seed: tuple[int, ...]):
+        self.images, self.plan, self.seed = images, plan, tuple(seed)
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        torch.set_num_threads(1)  # each worker is one of many processes sharing the cores
+        rng = np.random.default_rng([*self.seed, worker.id if worker is not None else 0])
+        while True:
+            yield self.plan.draw(self.images, rng)
+
+
+def worker_batches(images: TrainingImages, plan: BatchPlan, seed: tuple[int, ...], workers: int) -> Iterator:
+    """Batches drawn by `workers` processes beside the training loop: the crops and, above all, the degradations
+    (a few ms per image on one core) would otherwise leave a GPU waiting on a single CPU core."""
+    loader = torch.utils.data.DataLoader(BatchStream(images, plan, seed), batch_size=None, num_workers=workers,
+                                         collate_fn=as_drawn, prefetch_factor=4)
+    return iter(loader)
+
+
+def as_drawn(batch):
+    """The DataLoader's collate step, a no-op: a plan already draws whole batches."""
+    return batch

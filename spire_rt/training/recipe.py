@@ -48,7 +48,7 @@ from ..models.spire_model import SpireModel, load_component, load_model
 from ..models.tokenizer import MAX_LENGTH, build_grammar_tokenizer
 from ..sampling import SAMPLERS, NoiseSchedule, trailing_timesteps
 from ..staging import staged_folder
-from .data import HELD_OUT, TrainingImages, degraded_pairs, load_skimage_image
+from .data import HELD_OUT, BatchPlan, TrainingImages, load_skimage_image, worker_batches
 from .ship import check_same_encoder
 
 STAGES = ("vae", "decoder", "prior", "adaptor")
@@ -67,6 +67,7 @@ class StageConfig:
     resume: bool = False
     seed: int = 0
     threads: int = 2
+    workers: int = 0  # processes drawing batches beside the loop (0: the loop draws them, from self.rng)
     checkpoint_minutes: float = 4.0
     eval_minutes: float = 6.0  # adaptor: how often the held-out gain is measured (0: never)
     log_every: int = 10
@@ -112,6 +113,8 @@ def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SpireError("--device cuda: no CUDA device is available")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes
     config.out.mkdir(parents=True, exist_ok=True)
     stages = {"vae": VaeStage, "decoder": DecoderStage, "prior": PriorStage, "adaptor": AdaptorStage}
     trainer = stages[config.stage](config, preset, device)
@@ -119,6 +122,8 @@ def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
 
 
 def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
+    if config.workers < 0:
+        raise SpireError(f"--workers must be 0 or more, got {config.workers}")
     if config.single_rate and config.stage != "adaptor" and not config.landing_rate:
         raise SpireError("--single-rate applies to the adaptor stage (and the decoder stage with --landing-rate)")
     if not 0 <= config.single_rate <= 1:
@@ -160,7 +165,9 @@ class Stage:
         self.out = config.out
         seed_everything(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        self.images = TrainingImages.load(leaves=config.leaves, seed=config.seed, cache=self.out / "cache")
+        self.images = TrainingImages.load(leaves=config.leaves, seed=config.seed, cache=self.out / "cache",
+                                          processes=max(1, config.workers))
+        self.stream = None  # worker_batches, from train() on, when config.workers > 0
         self.step = 0
         self.elapsed_before = 0.0  # training seconds spent by earlier runs of this stage (resume)
         self.build()
@@ -190,6 +197,10 @@ class Stage:
     def evaluate(self) -> dict:
         return {}
 
+    def batch_plan(self) -> BatchPlan:
+        """What each step draws: clean crops only, unless the stage degrades some of them."""
+        return BatchPlan(self.config.batch, self.config.crop)
+
     # --- the loop ---------------------------------------------------------------------------------------------
     def train(self) -> dict:
         from tqdm import tqdm
@@ -204,6 +215,9 @@ class Stage:
         running: list[float] = []
         for module in self.trainable().values():
             module.train()
+        if config.workers:
+            # Seeded by the step too, so a resumed run draws new data instead of replaying the first run's.
+            self.stream = worker_batches(self.images, self.batch_plan(), (config.seed, self.step), config.workers)
         while True:
             run_s = time.perf_counter() - started
             done = self.step - start_step
@@ -272,7 +286,9 @@ class Stage:
     def load_checkpoint(self) -> None:
         if not self.checkpoint_path.exists():
             raise SpireError(f"--resume: no checkpoint at {self.checkpoint_path}")
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        # Loaded to the CPU: the RNG state must stay a CPU tensor, and load_state_dict moves the rest (optimiser
+        # state included) to where the parameters live.
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         saved_strength = state.get("config", {}).get("strength")
         if saved_strength is not None and self.config.strength is None:
             raise SpireError(f"--resume: {self.checkpoint_path} was trained with --strength "
@@ -286,8 +302,15 @@ class Stage:
         self.step = state["step"]
         self.elapsed_before = state["elapsed_s"]
 
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(clean, y, prompts) of batch_plan() on the stage's device: from the workers when there are any, else
+        drawn here from self.rng (so a resume, which restores it, carries the same stream on)."""
+        clean, y, prompts = next(self.stream) if self.stream is not None else self.batch_plan().draw(self.images,
+                                                                                                     self.rng)
+        return clean.to(self.device), y.to(self.device), prompts
+
     def clean_batch(self) -> torch.Tensor:
-        return self.images.crops(self.rng, self.config.batch, self.config.crop).to(self.device)
+        return self.next_batch()[0]
 
 
 class VaeStage(Stage):
@@ -355,18 +378,21 @@ class DecoderStage(VaeStage):
     def parameters(self):
         return [p for part in self.decoder_parts for p in part.parameters()]
 
+    def batch_plan(self) -> BatchPlan:
+        landed = round(self.config.landing_rate * self.config.batch) if self.landings is not None else 0
+        return BatchPlan(self.config.batch, self.config.crop, degraded=landed, single_rate=self.config.single_rate)
+
     def loss(self):
-        clean = self.clean_batch()
+        clean, y, prompts = self.next_batch()
         if self.landings is None:
             with torch.no_grad():
                 latent = self.vae.encode(clean * 2 - 1).latent_dist.mean
             return reconstruction_loss(self.vae.decode(latent).sample, clean * 2 - 1)
-        landed = round(self.config.landing_rate * clean.shape[0])
+        landed = y.shape[0]
         latents = []
         if landed:
-            y, prompts = degraded_pairs(clean[:landed].cpu(), self.rng, single_rate=self.config.single_rate)
             generator = torch.Generator().manual_seed(int(self.rng.integers(2**62)))
-            latents.append(self.landings(y.to(self.device), prompts, generator))
+            latents.append(self.landings(y, prompts, generator))
         if landed < clean.shape[0]:
             with torch.no_grad():
                 latents.append(self.encoder(clean[landed:] * 2 - 1))
@@ -544,10 +570,13 @@ class AdaptorStage(LatentStage):
     def parameters(self):
         return list(self.adaptor.parameters()) + list(self.text_encoder.parameters())
 
+    def batch_plan(self) -> BatchPlan:
+        return BatchPlan(self.config.batch, self.config.crop, degraded=self.config.batch,
+                         single_rate=self.config.single_rate)
+
     def loss(self):
-        clean = self.clean_batch()
-        y, prompts = degraded_pairs(clean.cpu(), self.rng, single_rate=self.config.single_rate)
-        batch, y_latent = clean.shape[0], self.latents(y.to(self.device))
+        clean, y, prompts = self.next_batch()
+        batch, y_latent = clean.shape[0], self.latents(y)
         if self.config.strength is None:
             t = self.random_timesteps(batch, HIGH_T_RATE)
             z_t, v = self.noised(self.latents(clean), t)

@@ -13,7 +13,16 @@ from spire_rt.models.presets import TINY
 from spire_rt.models.spire_model import load_model
 from spire_rt.prompts import BLIND_PROMPT
 from spire_rt.training import recipe
-from spire_rt.training.data import HELD_OUT, TRAIN_IMAGES, TrainingImages, dead_leaves, degraded_pairs
+from spire_rt.training.data import (
+    HELD_OUT,
+    TRAIN_IMAGES,
+    BatchPlan,
+    TrainingImages,
+    dead_leaves,
+    dead_leaves_pool,
+    degraded_pairs,
+    worker_batches,
+)
 from spire_rt.training.recipe import StageConfig
 
 SMALL = replace(
@@ -269,6 +278,50 @@ def test_bad_single_rate_is_refused(tmp_path, stage, rate, message):
 
     with pytest.raises(SpireError, match=message):
         recipe.run_stage(config(tmp_path, stage, single_rate=rate), SMALL)
+
+
+def test_dead_leaves_pool_is_the_same_from_any_number_of_processes(tmp_path):
+    one = dead_leaves_pool(3, seed=5, size=32)
+    made_by_three = dead_leaves_pool(3, seed=5, size=32, cache=tmp_path, processes=3)
+    np.testing.assert_array_equal(made_by_three, one)
+    assert not np.array_equal(one[0], one[1])
+    assert (tmp_path / "dead_leaves_v2_3_5_32.npy").is_file()
+    np.testing.assert_array_equal(dead_leaves_pool(3, seed=5, size=32, cache=tmp_path), one)  # from the cache
+
+
+def test_worker_batches_follow_the_plan_and_their_seed():
+    images = TrainingImages.load(leaves=0)
+    plan = BatchPlan(batch=5, crop=24, degraded=3, single_rate=0.5)
+    first = worker_batches(images, plan, seed=(0, 0), workers=2)
+    batches = [next(first) for _ in range(4)]
+    for clean, y, prompts in batches:
+        assert clean.shape == (5, 3, 24, 24) and y.shape == (3, 3, 24, 24) and len(prompts) == 3
+        assert not torch.equal(y, clean[:3])  # degraded
+    assert not torch.equal(batches[0][0], batches[1][0])  # each worker draws its own stream
+    assert torch.equal(next(worker_batches(images, plan, seed=(0, 0), workers=2))[0], batches[0][0])
+    assert not torch.equal(next(worker_batches(images, plan, seed=(0, 7), workers=2))[0], batches[0][0])
+    clean, y, prompts = BatchPlan(batch=2, crop=16).draw(images, np.random.default_rng(0))
+    assert clean.shape == (2, 3, 16, 16) and y.shape[0] == 0 and prompts == []
+
+
+def test_a_stage_trains_from_worker_batches(run_folder, tmp_path):
+    """--workers N: the one-step adaptor learns from batches drawn by worker processes, as it does from its own."""
+    copy_adaptor_inputs(run_folder[0], tmp_path)
+    stage = make_stage(config(tmp_path, "adaptor", steps=12, strength=(0.1, 0.3), start_noise=0.0, workers=2),
+                       recipe.AdaptorStage)
+    before = held_loss(stage)  # held batches come from stage.rng: the stream starts only when training does
+    stage.train()
+    stage.stream = None
+    assert held_loss(stage) < before
+    records = [json.loads(line) for line in (tmp_path / "adaptor.jsonl").read_text().splitlines()]
+    assert records[-1]["final"] and records[-1]["step"] == 12
+
+
+def test_negative_workers_are_refused(tmp_path):
+    from spire_rt.errors import SpireError
+
+    with pytest.raises(SpireError, match="--workers must be 0 or more"):
+        recipe.run_stage(config(tmp_path, "vae", workers=-1), SMALL)
 
 
 def copy_decoder_inputs(run, folder):
