@@ -44,6 +44,16 @@ def test_same_seed_same_weights_and_other_seed_differs():
     assert not torch.equal(other.unet.conv_in.weight, build_preset("tiny").unet.conv_in.weight)
 
 
+def test_tiny_wide_fits_what_a_shipped_model_may_take():
+    """tiny-wide is sized to ship as spire-tiny: wider where detail passes, its fp16 weights still under 30 MB."""
+    wide, tiny = build_preset("tiny-wide"), build_preset("tiny")
+    weights = sum(p.numel() for module in wide.modules().values() for p in module.parameters())
+    assert weights * 2 <= 30 * 2**20
+    assert wide.vae.config.block_out_channels[0] == 2 * tiny.vae.config.block_out_channels[0]
+    assert wide.unet.config.block_out_channels[0] == 2 * tiny.unet.config.block_out_channels[0]
+    assert wide.unet.config.block_out_channels[-1] == tiny.unet.config.block_out_channels[-1]
+
+
 def test_base_folder_plus_adaptor_folder(saved_tiny, tmp_path):
     model, folder = saved_tiny
     base = tmp_path / "sd-base"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The spire-tiny recipe on one GPU: every stage of a preset from scratch, then the fp16 model, in minutes.
+#
+#   bash bench/train_tiny_gpu.sh RUN PRESET [SCALE]      # e.g. RUN=runs/wide PRESET=tiny-wide
+#
+# SCALE multiplies every stage's minutes (1: 7.2 minutes of training in all, plus 15-35 s of start-up and export
+# per stage, so about 9.5 minutes on an H200 shared with a second chain). The stages are the CPU
+# recipe's (MODEL_CARD.md) with GPU batches: worker processes draw the crops and degradations (WORKERS, default
+# 7), and the learning rates are raised for batches 8-16 times the CPU recipe's. The adaptor is shipped once
+# before the decoder stage (RUN/ship_adaptor) and once after it (RUN/ship), so a run cut short still leaves a
+# model. Environment: DEVICE (default cuda), WORKERS, SPIRE_RT (how to call the CLI; default python3 -m spire_rt.cli).
+set -euo pipefail
+
+if [ $# -lt 2 ]; then
+    echo "usage: bash bench/train_tiny_gpu.sh RUN PRESET [SCALE]" >&2
+    exit 2
+fi
+run=$1 preset=$2 scale=${3:-1}
+read -r -a spire <<<"${SPIRE_RT:-python3 -m spire_rt.cli}"
+common=(--preset "$preset" --out "$run" --device "${DEVICE:-cuda}" --workers "${WORKERS:-7}" --eval-minutes 0
+        --quiet)
+minutes() { python3 -c "print(round($1 * $scale, 3))"; }
+stage() {  # stage NAME OPTIONS...: train one stage and say how far it got
+    local name=$1
+    shift
+    echo "$(date -u +%T) $name: $*"
+    "${spire[@]}" train --stage "$@" "${common[@]}" | tail -n 1
+}
+
+stage vae vae --batch 128 --crop 64 --lr 2e-3 --minutes "$(minutes 1.4)"
+stage prior prior --batch 128 --crop 64 --lr 1.5e-3 --minutes "$(minutes 1.3)"
+# The diffusion form first, as on the CPU: it starts the adaptor's heads before the one-step legs.
+stage adaptor-diffusion adaptor --batch 64 --crop 64 --lr 1e-3 --minutes "$(minutes 0.6)"
+stage adaptor-one-step adaptor --resume --batch 128 --crop 64 --strength 0.04 0.08 --start-noise 0 \
+    --loss-space pixel --single-rate 0.5 --lr 5e-4 --minutes "$(minutes 3.0)"
+"${spire[@]}" train --stage ship --out "$run" --ship-to "$run/ship_adaptor" --default-strength 0.06
+stage decoder-landings decoder --batch 64 --crop 64 --landing-rate 0.8 --single-rate 0.5 --lr 3e-4 \
+    --minutes "$(minutes 0.9)"
+"${spire[@]}" train --stage ship --out "$run" --ship-to "$run/ship" --default-strength 0.06
+echo "$(date -u +%T) done: $run/ship"
