@@ -8,7 +8,9 @@
 # recipe's (MODEL_CARD.md) with GPU batches: worker processes draw the crops and degradations (WORKERS, default
 # 7), and the learning rates are raised for batches 8-16 times the CPU recipe's. The adaptor is shipped once
 # before the decoder stage (RUN/ship_adaptor) and once after it (RUN/ship), so a run cut short still leaves a
-# model. Environment: DEVICE (default cuda), WORKERS, SPIRE_RT (how to call the CLI; default python3 -m spire_rt.cli).
+# model. Environment: DEVICE (default cuda), WORKERS, SPIRE_RT (how to call the CLI; default python3 -m spire_rt.cli),
+# MINUTES (the five stages' minutes before SCALE; default "1.4 1.3 0.6 3.0 0.9", what the H200 run of
+# bench/results/experiments/gpu_recipe_h200 used).
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
@@ -16,10 +18,11 @@ if [ $# -lt 2 ]; then
     exit 2
 fi
 run=$1 preset=$2 scale=${3:-1}
+read -r vae_min prior_min diffusion_min one_step_min decoder_min <<<"${MINUTES:-1.4 1.3 0.6 3.0 0.9}"
 read -r -a spire <<<"${SPIRE_RT:-python3 -m spire_rt.cli}"
 common=(--preset "$preset" --out "$run" --device "${DEVICE:-cuda}" --workers "${WORKERS:-7}" --eval-minutes 0
         --quiet)
-minutes() { python3 -c "print(round($1 * $scale, 3))"; }
+minutes() { python3 -c "print(round(float('$1') * $scale, 3))"; }
 stage() {  # stage NAME OPTIONS...: train one stage and say how far it got
     local name=$1
     shift
@@ -27,14 +30,14 @@ stage() {  # stage NAME OPTIONS...: train one stage and say how far it got
     "${spire[@]}" train --stage "$@" "${common[@]}" | tail -n 1
 }
 
-stage vae vae --batch 128 --crop 64 --lr 2e-3 --minutes "$(minutes 1.4)"
-stage prior prior --batch 128 --crop 64 --lr 1.5e-3 --minutes "$(minutes 1.3)"
+stage vae vae --batch 128 --crop 64 --lr 2e-3 --minutes "$(minutes "$vae_min")"
+stage prior prior --batch 128 --crop 64 --lr 1.5e-3 --minutes "$(minutes "$prior_min")"
 # The diffusion form first, as on the CPU: it starts the adaptor's heads before the one-step legs.
-stage adaptor-diffusion adaptor --batch 64 --crop 64 --lr 1e-3 --minutes "$(minutes 0.6)"
+stage adaptor-diffusion adaptor --batch 64 --crop 64 --lr 1e-3 --minutes "$(minutes "$diffusion_min")"
 stage adaptor-one-step adaptor --resume --batch 128 --crop 64 --strength 0.04 0.08 --start-noise 0 \
-    --loss-space pixel --single-rate 0.5 --lr 5e-4 --minutes "$(minutes 3.0)"
+    --loss-space pixel --single-rate 0.5 --lr 5e-4 --minutes "$(minutes "$one_step_min")"
 "${spire[@]}" train --stage ship --out "$run" --ship-to "$run/ship_adaptor" --default-strength 0.06
 stage decoder-landings decoder --batch 64 --crop 64 --landing-rate 0.8 --single-rate 0.5 --lr 3e-4 \
-    --minutes "$(minutes 0.9)"
+    --minutes "$(minutes "$decoder_min")"
 "${spire[@]}" train --stage ship --out "$run" --ship-to "$run/ship" --default-strength 0.06
 echo "$(date -u +%T) done: $run/ship"

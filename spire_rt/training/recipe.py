@@ -21,7 +21,9 @@
 Each stage reads the folders the previous one wrote, checkpoints to RUN/<stage>.ckpt every few minutes (model,
 optimiser, step, RNG states, so --resume carries on), and logs JSON lines to RUN/<stage>.jsonl. A stage stops at
 --steps or --minutes, whichever comes first; its folder is rewritten at every checkpoint, so a stage cut short
-still leaves something the next one can read. The learning rate follows a cosine over the run's budget.
+still leaves something the next one can read. The learning rate follows a cosine over the run's budget. With
+--workers N, N processes draw the batches (crops and degradations) beside the loop, which a GPU needs to stay busy;
+bench/train_tiny_gpu.sh runs every stage that way.
 """
 
 from __future__ import annotations
@@ -305,8 +307,10 @@ class Stage:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """(clean, y, prompts) of batch_plan() on the stage's device: from the workers when there are any, else
         drawn here from self.rng (so a resume, which restores it, carries the same stream on)."""
-        clean, y, prompts = next(self.stream) if self.stream is not None else self.batch_plan().draw(self.images,
-                                                                                                     self.rng)
+        if self.stream is not None:
+            clean, y, prompts = next(self.stream)
+        else:
+            clean, y, prompts = self.batch_plan().draw(self.images, self.rng)
         return clean.to(self.device), y.to(self.device), prompts
 
     def clean_batch(self) -> torch.Tensor:
