@@ -82,8 +82,8 @@ def run_train(args) -> int:
         return 0
     config = StageConfig(stage=args.stage, out=Path(args.out), steps=args.steps, minutes=args.minutes,
                          batch=args.batch, crop=args.crop, lr=args.lr, device=args.device, resume=args.resume,
-                         seed=args.seed, threads=args.threads, workers=args.workers, checkpoint_minutes=args.checkpoint_minutes,
-                         eval_minutes=args.eval_minutes, leaves=args.leaves, quiet=args.quiet,
+                         seed=args.seed, threads=args.threads, workers=args.workers,
+                         checkpoint_minutes=args.checkpoint_minutes, eval_minutes=args.eval_minutes, leaves=args.leaves, quiet=args.quiet,
                          strength=tuple(args.strength) if args.strength else None, start_noise=args.start_noise,
                          single_rate=args.single_rate, loss_space=args.loss_space,
                          landing_rate=args.landing_rate)
