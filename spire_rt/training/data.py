@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..degrade import Sampler, degrade, sample_params, sample_single_params
 from ..prompts import BLIND_PROMPT
+from ..staging import staged_file
 
 # Held out for evaluation (chelsea is the README's example image, so it must never be trained on).
 HELD_OUT = ("astronaut", "chelsea", "coffee", "rocket")
@@ -118,8 +119,8 @@ def dead_leaves_pool(count: int, seed: int = 0, size: int = 256, cache: str | Pa
         images = [seeded_dead_leaves(job) for job in jobs]
     pool = np.stack(images) if images else np.zeros((0, size, size, 3), np.float32)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, pool)
+        with staged_file(cache) as staging:  # whole or not at all: a cut-off write would be loaded next time
+            np.save(staging, pool)
     return pool
 
 
