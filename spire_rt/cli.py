@@ -36,6 +36,7 @@ OPTION_HELP = {
     "adaptor_strength": "scale s of the adaptor's modulation (0: the frozen prior alone)",
     "seed": "random seed (None: a fresh one for each image)",
     "color_fix": "colour correction against the input",
+    "ensemble": "self-ensemble: restore under this many flips (1-4) and average them; that many times the work",
 }
 
 
@@ -174,7 +175,8 @@ def run_restore(args) -> int:
     outputs = plan_outputs(inputs, args.output, args.overwrite)
     restorer = Restorer.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                                         adaptor=args.adaptor, **backend_options)
-    steps = restorer.resolve(options).steps
+    resolved = restorer.resolve(options)
+    steps = resolved.steps * resolved.ensemble  # the sampler's steps, once per ensemble member
     if not restorer.model.trained:
         print(f"spire-rt: warning: model {restorer.model.name!r} has untrained (random) weights; its output is "
               "not a restoration", file=sys.stderr)

@@ -132,7 +132,17 @@ def test_restore_leaves_unset_options_to_the_model(tmp_path, capsys, monkeypatch
     assert status == 0, err
     given, ran = seen
     assert given["steps"] == 2 and "strength" not in given and "sampler" not in given
-    assert ran.steps == 2 and ran.strength == Restorer.from_pretrained().model.restore_defaults.get("strength", 1.0)
+    defaults = Restorer.from_pretrained().model.restore_defaults
+    assert ran.steps == 2 and ran.strength == defaults.get("strength", 1.0)
+    assert "ensemble" not in given and ran.ensemble == defaults.get("ensemble", 1)
+
+
+def test_restore_progress_counts_every_ensemble_member(tmp_path, capsys):
+    source = write_png(tmp_path / "in.png", size=(32, 32))
+    status, _, err = run(["restore", source, "-o", tmp_path / "out.png", "--backend", "torch", "--steps", "2",
+                          "--ensemble", "3"], capsys)
+    assert status == 0, err
+    assert "0/6" in err  # the bar's total: 2 sampler steps for each of 3 members
 
 
 def test_restore_threads_reach_the_backend(tmp_path, capsys, monkeypatch):

@@ -104,6 +104,9 @@ def test_strength_below_one_starts_later_in_the_schedule(restorer, image):
     ({"strength": 1.5}, OptionError),
     ({"color_fix": "magic"}, OptionError),
     ({"guidance": float("nan")}, OptionError),
+    ({"ensemble": 0}, OptionError),
+    ({"ensemble": 5}, OptionError),
+    ({"ensemble": 2.0}, OptionError),
     ({"restore": "Deblur with sigma"}, PromptError),
     ({"restore": "Denoise with sigma 0.9"}, PromptError),
 ])
@@ -168,6 +171,32 @@ def test_pipeline_matches_plain_diffusers_loop(image):
     reference = ((decoded[0, :, :64, :80] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()
     difference = np.abs(pixels(ours) / 255 - reference)
     assert difference.max() <= 1 / 255 + 1e-4  # equal up to the 8-bit rounding of the output
+
+
+def test_self_ensemble_averages_the_flipped_restorations_as_images(restorer, image):
+    """Without a colour fix, --ensemble 2 is the mean of the restoration and the flipped-back restoration of the
+    flipped image, wherever neither member was clipped (up to the 8-bit rounding of each)."""
+    deterministic = {"steps": 1, "strength": 0.3, "start_noise": 0.0, "color_fix": "none"}
+    plain = pixels(restorer(image, **deterministic))
+    mirrored = pixels(restorer(image.transpose(Image.FLIP_LEFT_RIGHT), **deterministic))[:, ::-1]
+    ensemble = pixels(restorer(image, ensemble=2, **deterministic))
+    progress = []
+    restorer(image, ensemble=4, progress=lambda done, total: progress.append((done, total)), **deterministic)
+
+    unclipped = (plain > 0) & (plain < 255) & (mirrored > 0) & (mirrored < 255)
+    assert unclipped.mean() > 0.5
+    assert np.abs(plain - mirrored)[unclipped].mean() > 1.0  # the members differ: the mean is not one of them
+    assert np.abs(ensemble - (plain + mirrored) / 2)[unclipped].max() <= 1.0
+    assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_self_ensemble_of_all_four_flips_commutes_with_flipping_the_input(restorer, image):
+    options = {"steps": 1, "strength": 0.3, "start_noise": 0.0, "ensemble": 4}
+    upside_down = image.transpose(Image.FLIP_TOP_BOTTOM)
+    restored = pixels(restorer(image, **options))
+    assert np.abs(pixels(restorer(upside_down, **options))[::-1] - restored).max() <= 1.0
+    single = {**options, "ensemble": 1}
+    assert np.abs(pixels(restorer(upside_down, **single))[::-1] - pixels(restorer(image, **single))).mean() > 1.0
 
 
 def test_pad_to_multiple_reflects_or_repeats():

@@ -37,6 +37,8 @@ def register(commands) -> None:
                         help="noise scale at the SDEdit start (default: the model's own, else RestoreOptions')")
     parser.add_argument("--adaptor-strength", type=float, help="adaptor strength (default: the model's own, else RestoreOptions')")
     parser.add_argument("--color-fix", help="colour fix (default: the model's own, else RestoreOptions')")
+    parser.add_argument("--ensemble", type=int,
+                        help="self-ensemble members, 1-4 (default: the model's own, else RestoreOptions')")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier eval in --out (otherwise refused)")
     parser.add_argument("--backend", default="torch")
@@ -100,14 +102,14 @@ def run_eval(args) -> int:
     images = load_images(args.images)
     chosen = {"steps": args.steps, "sampler": args.sampler, "strength": args.strength,
               "start_noise": args.start_noise, "adaptor_strength": args.adaptor_strength,
-              "color_fix": args.color_fix}
+              "color_fix": args.color_fix, "ensemble": args.ensemble}
     options = {k: v for k, v in chosen.items() if v is not None}
     options["seed"] = args.seed
     RestoreOptions(**options).validated()  # bad options fail before the model loads
     restorer = Restorer.from_pretrained(args.model, backend=args.backend, device=args.device)
     resolved = asdict(restorer.resolve(options))  # with the model's restore_defaults
     resolved = {k: resolved[k] for k in ("steps", "sampler", "strength", "start_noise", "guidance",
-                                         "adaptor_strength", "color_fix", "seed")}
+                                         "adaptor_strength", "color_fix", "ensemble", "seed")}
     info = {"model": str(args.model), "trained": restorer.model.trained, "images": sorted(images),
             "seed": args.seed, "options": resolved}
 
