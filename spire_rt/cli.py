@@ -36,7 +36,7 @@ OPTION_HELP = {
     "adaptor_strength": "scale s of the adaptor's modulation (0: the frozen prior alone)",
     "seed": "random seed (None: a fresh one for each image)",
     "color_fix": "colour correction against the input",
-    "ensemble": "self-ensemble: restore under this many flips (1-4) and average them; that many times the work",
+    "ensemble": "self-ensemble: restore this many flipped copies (1-4) and average them (N times the work)",
 }
 
 

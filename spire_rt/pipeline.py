@@ -31,9 +31,9 @@ from .sampling import SAMPLERS, NoiseSchedule, trailing_timesteps
 
 DEFAULT_MODEL = "tiny"  # the shipped spire-tiny
 DEFAULT_DEVICE = "cpu"
-# The self-ensemble's members: the image dims each one flips (identity, left-right, up-down, both). Restoring flipped
-# copies and averaging them back is the geometric self-ensemble of super-resolution (Timofte et al., "Seven ways to
-# improve example-based single image super resolution", CVPR 2016; Lim et al., EDSR+, CVPRW 2017).
+# The self-ensemble's members: the image dims each one flips (identity, left-right, up-down, both). Restoring
+# flipped copies and averaging them back is the geometric self-ensemble of super-resolution (Timofte et al.,
+# "Seven ways to improve example-based single image super resolution", CVPR 2016; EDSR+, CVPRW 2017).
 ENSEMBLE_FLIPS = ((), (3,), (2,), (2, 3))
 
 
@@ -51,7 +51,7 @@ class RestoreOptions:
     adaptor_strength: float = 1.0  # s in (1 + s*gamma) * f + s*beta; 0 gives the frozen prior
     seed: int | None = None  # None draws one; the seed used is in `last_run`
     color_fix: str = "wavelet"  # one of color_fix.COLOR_FIXES
-    ensemble: int = 1  # restore under this many flips (ENSEMBLE_FLIPS), average the images: N times the work
+    ensemble: int = 1  # restore this many flipped copies (ENSEMBLE_FLIPS), average them: N times the work
 
     def validated(self) -> RestoreOptions:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -68,7 +68,8 @@ class RestoreOptions:
             raise OptionError(f"adaptor strength must be finite, got {self.adaptor_strength}")
         if self.color_fix not in COLOR_FIXES:
             raise OptionError(f"unknown colour fix {self.color_fix!r}; use one of {', '.join(COLOR_FIXES)}")
-        if not isinstance(self.ensemble, int) or not 1 <= self.ensemble <= len(ENSEMBLE_FLIPS):
+        if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, (int, np.integer)) \
+                or not 1 <= self.ensemble <= len(ENSEMBLE_FLIPS):
             raise OptionError(f"ensemble must be 1 .. {len(ENSEMBLE_FLIPS)} (flipped copies averaged), "
                               f"got {self.ensemble!r}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
@@ -129,8 +130,9 @@ class Restorer:
             semantic = ["", opts.prompt] if guided else [opts.prompt]
             semantic_embeddings = self.prompts.encode(semantic)
 
-        # 3. Prepare latents: y at the output size, padded for the networks, encoded once per ensemble member (each
-        #    sees y flipped); the starting latents, from one noise draw flipped the same way.
+        # 3. Prepare latents: y at the output size, padded for the networks, encoded once per ensemble member
+        #    (each sees y flipped); the starting latents, from one noise draw flipped with the member, so all
+        #    members start from the same noise on the same pixels and the average of a noisy start stays sharp.
         with self.timed(timings, "prepare_latents"):
             y = torch.from_numpy(source.rgb).permute(2, 0, 1)[None].to(self.backend.device)
             y = resize(y, out_size)
@@ -145,7 +147,7 @@ class Restorer:
                       self.schedule.add_noise(y_latent, opts.start_noise * flip(noise, dims), timesteps[:1])
                       for y_latent, dims in zip(y_latents, members)]
 
-        # 4. Denoise: the sampler drives the backend's denoiser network (one guided step per call), once per member.
+        # 4. Denoise: the sampler drives the backend's denoiser (one guided step per call), for each member.
         with self.timed(timings, "denoise"):
             network = "denoiser_guided" if guided else "denoiser"
             shared_feeds = {
@@ -154,24 +156,23 @@ class Restorer:
                 "adaptor_strength": torch.tensor([opts.adaptor_strength], device=self.backend.device),
                 "guidance_scale": torch.tensor([opts.guidance], device=self.backend.device),
             }
-            calls = len(members) * len(timesteps)
             latents = []
-            for y_latent, start in zip(y_latents, starts):
+            for member, (y_latent, start) in enumerate(zip(y_latents, starts)):
                 denoise = partial(self.denoise, network, {**shared_feeds, "y_latent": y_latent})
+                on_step = partial(self.report_step, progress, member * len(timesteps),
+                                  len(members) * len(timesteps))
+                sampler = SAMPLERS[opts.sampler]
+                latents.append(sampler(denoise, start, timesteps, self.schedule, callback=on_step))
 
-                def on_step(index: int, _t, _x, done: int = len(latents) * len(timesteps)) -> None:  # bound now
-                    if progress is not None:
-                        progress(done + index + 1, calls)
-
-                latents.append(SAMPLERS[opts.sampler](denoise, start, timesteps, self.schedule, callback=on_step))
-
-        # 5. Decode each member and flip it back; the members are averaged as images, not as latents: the latent
-        #    of a flipped image is not the flipped latent (its channels carry orientation), and a latent mean of
-        #    two members lost 0.8 dB on spire-tiny's validation photographs where the image mean gained 0.1.
+        # 5. Decode each member and flip it back; the members are averaged as images, not as latents: the
+        #    latent of a flipped image is not the flipped latent (its channels carry orientation), and a latent
+        #    mean of two members lost 0.8 dB on spire-tiny's validation photographs where the image mean gained
+        #    0.1.
         with self.timed(timings, "decode"):
-            decoded = [flip(self.backend.run("vae_decoder", {"latent": latent})["image"], dims)
-                       for latent, dims in zip(latents, members)]
-            decoded = decoded[0] if len(decoded) == 1 else torch.stack(decoded).mean(0)
+            decoded = 0
+            for latent, dims in zip(latents, members):  # a running sum: one full-size image held, not N
+                decoded = decoded + flip(self.backend.run("vae_decoder", {"latent": latent})["image"], dims)
+            decoded = decoded / len(members)
 
         # 6. Post-process: crop the padding, fix colours against y, back to the input's kind of image.
         with self.timed(timings, "postprocess"):
@@ -189,10 +190,18 @@ class Restorer:
                                 timings=timings)
         return result
 
-    def denoise(self, network: str, feeds: dict, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """One call of the denoiser network: the model output for `sample` at `timestep`, given the fixed feeds."""
+    def denoise(self, network: str, feeds: dict, sample: torch.Tensor, timestep: torch.Tensor
+                ) -> torch.Tensor:
+        """One call of the denoiser network: the model output for `sample` at `timestep`, with `feeds`."""
         feeds = {**feeds, "sample": sample, "timestep": timestep.to(sample.device)}
         return self.backend.run(network, feeds)["model_output"]
+
+    @staticmethod
+    def report_step(progress: Callable[[int, int], None] | None, done_before: int, total: int, index: int,
+                    _timestep, _sample) -> None:
+        """The sampler's per-step callback: steps done over all ensemble members, out of all of them."""
+        if progress is not None:
+            progress(done_before + index + 1, total)
 
     def resolve(self, options: dict) -> RestoreOptions:
         """The options a call runs with: the caller's, then the model's restore_defaults, then RestoreOptions'."""

@@ -137,7 +137,7 @@ def test_restore_leaves_unset_options_to_the_model(tmp_path, capsys, monkeypatch
     assert "ensemble" not in given and ran.ensemble == defaults.get("ensemble", 1)
 
 
-def test_restore_progress_counts_every_ensemble_member(tmp_path, capsys):
+def test_restore_progress_bar_counts_every_ensemble_member(tmp_path, capsys):
     source = write_png(tmp_path / "in.png", size=(32, 32))
     status, _, err = run(["restore", source, "-o", tmp_path / "out.png", "--backend", "torch", "--steps", "2",
                           "--ensemble", "3"], capsys)

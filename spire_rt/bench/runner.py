@@ -264,9 +264,10 @@ def benchmark(config: BenchConfig, report) -> dict:
         entry = {"backends": {}}
         if stage == "end_to_end":
             # What `spire-rt restore IMAGE --restore ...` runs (no semantic prompt, the model's own sampling), or
-            # a fixed number of guided steps, comparable across models.
+            # a fixed number of guided steps in one pass (no self-ensemble), comparable across models.
             sampling = ({} if config.model_defaults else
-                        {"prompt": SEMANTIC_PROMPT, "guidance": config.guidance, "steps": config.steps})
+                        {"prompt": SEMANTIC_PROMPT, "guidance": config.guidance, "steps": config.steps,
+                         "ensemble": 1})
 
             def call(run, sampling=sampling):
                 run.restorer.prompts.cache.clear()

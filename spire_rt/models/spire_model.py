@@ -28,8 +28,8 @@ from .tokenizer import MAX_LENGTH, build_grammar_tokenizer
 
 SPIRE_FILE = "spire.json"
 # Options a model may recommend in spire.json "restore_defaults": the sampling it was trained for.
-RESTORE_DEFAULT_KEYS = ("steps", "sampler", "strength", "start_noise", "guidance", "adaptor_strength", "color_fix",
-                        "ensemble")
+RESTORE_DEFAULT_KEYS = ("steps", "sampler", "strength", "start_noise", "guidance", "adaptor_strength",
+                        "color_fix", "ensemble")
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 # What each component folder must hold, checked before loading so a missing file gets a message naming it.

@@ -55,6 +55,9 @@ def register(commands) -> None:
     parser.add_argument("--default-strength", type=float,
                         help="ship: the SDEdit strength to record as the model's default (chosen on validation "
                              "images; otherwise the adaptor stage's middle of --strength)")
+    parser.add_argument("--default-ensemble", type=int,
+                        help="ship: the self-ensemble (1-4 flipped copies averaged) to record as the model's default "
+                             "(chosen on validation images within a time budget; otherwise none is recorded)")
     parser.add_argument("--ship-to", default=str(SHIPPED_WEIGHTS / "tiny"), help="ship: target folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_train)
@@ -69,15 +72,21 @@ def run_train(args) -> int:
     if args.stage == SHIP_STAGE:
         from .ship import ship_fp16
 
-        defaults = None
+        defaults = {}
         if args.default_strength is not None:
             if not 0 < args.default_strength < 1:  # strength 1 starts from pure noise: not a one-step start
                 raise SpireError(f"--default-strength must be in (0, 1), got {args.default_strength}")
-            defaults = {"strength": args.default_strength}
+            defaults["strength"] = args.default_strength
+        if args.default_ensemble is not None:
+            from ..pipeline import ENSEMBLE_FLIPS
+
+            if not 1 <= args.default_ensemble <= len(ENSEMBLE_FLIPS):
+                raise SpireError(f"--default-ensemble must be 1 .. {len(ENSEMBLE_FLIPS)}, got {args.default_ensemble}")
+            defaults["ensemble"] = args.default_ensemble
         # RUN/vae holds the decoder stage's refinement when it ran after (or beside) the adaptor.
         vae = Path(args.out) / "vae"
         target = ship_fp16(Path(args.out) / "model", Path(args.ship_to), vae=vae if vae.is_dir() else None,
-                           restore_defaults=defaults)
+                           restore_defaults=defaults or None)
         print(f"shipped {Path(args.out) / 'model'} -> {target}")
         return 0
     config = StageConfig(stage=args.stage, out=Path(args.out), steps=args.steps, minutes=args.minutes,

@@ -430,8 +430,8 @@ class DecoderStage(VaeStage):
 class Landings:
     """The latents a SPIRE model's default restoration lands on before decoding: the pipeline's phases 2 to 4 at
     the model's restore_defaults, through the same parts (a PromptEncoder over a fp32 TorchBackend, the unguided
-    denoiser network, the sampler), for a batch of degraded images. One ensemble member only: a self-ensemble's
-    average of flipped members is a smoother latent of the same image, and costs N times as much to draw."""
+    denoiser network, the sampler), for a batch of degraded images. One ensemble member: the pipeline decodes
+    each member's own latent before it averages the images, so one member's landing is what a decoder sees."""
 
     def __init__(self, model: SpireModel, device: torch.device):
         from ..backends.torch_backend import TorchBackend

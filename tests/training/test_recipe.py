@@ -143,6 +143,18 @@ def test_ship_takes_the_refined_vae_and_refuses_another_encoder(run_folder, tmp_
     assert not (tmp_path / "refused").exists()
 
 
+def test_ship_cli_records_the_chosen_strength_and_ensemble(run_folder, tmp_path, capsys):
+    from spire_rt.cli import main
+
+    folder = run_folder[0]
+    ship = ["train", "--stage", "ship", "--out", str(folder), "--default-strength", "0.05"]
+    assert main([*ship, "--ship-to", str(tmp_path / "shipped"), "--default-ensemble", "2"]) == 0
+    assert load_model(tmp_path / "shipped").restore_defaults == {"strength": 0.05, "ensemble": 2}
+    assert main([*ship, "--ship-to", str(tmp_path / "refused"), "--default-ensemble", "5"]) == 2
+    assert "--default-ensemble must be 1 .. 4, got 5" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
 @pytest.mark.parametrize("start_noise", [1.0, 0.0])
 def test_one_step_adaptor_learns_from_the_degraded_latent(run_folder, tmp_path, start_noise):
     """--strength LO HI: z_t is E(y) noised to t(s), the loss is on the landed x0, and the model records it."""
