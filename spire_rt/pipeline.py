@@ -150,6 +150,7 @@ class Restorer:
         # 4. Denoise: the sampler drives the backend's denoiser (one guided step per call), for each member.
         with self.timed(timings, "denoise"):
             network = "denoiser_guided" if guided else "denoiser"
+            sampler = SAMPLERS[opts.sampler]
             shared_feeds = {
                 "restore_embeddings": restore_embeddings,
                 "semantic_embeddings": semantic_embeddings,
@@ -161,7 +162,6 @@ class Restorer:
                 denoise = partial(self.denoise, network, {**shared_feeds, "y_latent": y_latent})
                 on_step = partial(self.report_step, progress, member * len(timesteps),
                                   len(members) * len(timesteps))
-                sampler = SAMPLERS[opts.sampler]
                 latents.append(sampler(denoise, start, timesteps, self.schedule, callback=on_step))
 
         # 5. Decode each member and flip it back; the members are averaged as images, not as latents: the

@@ -81,7 +81,8 @@ def run_train(args) -> int:
             from ..pipeline import ENSEMBLE_FLIPS
 
             if not 1 <= args.default_ensemble <= len(ENSEMBLE_FLIPS):
-                raise SpireError(f"--default-ensemble must be 1 .. {len(ENSEMBLE_FLIPS)}, got {args.default_ensemble}")
+                raise SpireError(f"--default-ensemble must be 1 .. {len(ENSEMBLE_FLIPS)}, "
+                                 f"got {args.default_ensemble}")
             defaults["ensemble"] = args.default_ensemble
         # RUN/vae holds the decoder stage's refinement when it ran after (or beside) the adaptor.
         vae = Path(args.out) / "vae"
@@ -92,7 +93,8 @@ def run_train(args) -> int:
     config = StageConfig(stage=args.stage, out=Path(args.out), steps=args.steps, minutes=args.minutes,
                          batch=args.batch, crop=args.crop, lr=args.lr, device=args.device, resume=args.resume,
                          seed=args.seed, threads=args.threads, workers=args.workers,
-                         checkpoint_minutes=args.checkpoint_minutes, eval_minutes=args.eval_minutes, leaves=args.leaves, quiet=args.quiet,
+                         checkpoint_minutes=args.checkpoint_minutes, eval_minutes=args.eval_minutes,
+                         leaves=args.leaves, quiet=args.quiet,
                          strength=tuple(args.strength) if args.strength else None, start_noise=args.start_noise,
                          single_rate=args.single_rate, loss_space=args.loss_space,
                          landing_rate=args.landing_rate)
