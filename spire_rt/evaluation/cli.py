@@ -75,6 +75,7 @@ def run_eval(args) -> int:
 
     from tqdm import tqdm
 
+    from ..models.spire_model import RESTORE_DEFAULT_KEYS
     from ..pipeline import RestoreOptions, Restorer
     from .benchmark import (
         FAMILIES,
@@ -92,24 +93,23 @@ def run_eval(args) -> int:
     unknown = set(families) - set(FAMILIES)
     if unknown:
         raise SpireError(f"unknown families {', '.join(sorted(unknown))}; use {', '.join(FAMILIES)}")
+    chosen = {"steps": args.steps, "sampler": args.sampler, "strength": args.strength,
+              "start_noise": args.start_noise, "adaptor_strength": args.adaptor_strength,
+              "color_fix": args.color_fix, "ensemble": args.ensemble}
+    options = {k: v for k, v in chosen.items() if v is not None}
+    options["seed"] = args.seed
+    RestoreOptions(**options).validated()  # bad options fail before anything is loaded or written
     out = Path(args.out)
     written = SWEEP_FILES if args.sweep else (*RESULT_FILES, *map(grid_file, families))
     earlier = [name for name in written if (out / name).exists()]
     if earlier and not args.overwrite:
         raise SpireError(f"{out} already holds {', '.join(earlier)} from an earlier eval; give another --out, "
                          "or --overwrite to replace them")
-    out.mkdir(parents=True, exist_ok=True)
     images = load_images(args.images)
-    chosen = {"steps": args.steps, "sampler": args.sampler, "strength": args.strength,
-              "start_noise": args.start_noise, "adaptor_strength": args.adaptor_strength,
-              "color_fix": args.color_fix, "ensemble": args.ensemble}
-    options = {k: v for k, v in chosen.items() if v is not None}
-    options["seed"] = args.seed
-    RestoreOptions(**options).validated()  # bad options fail before the model loads
+    out.mkdir(parents=True, exist_ok=True)  # only once the options and images are known to be good
     restorer = Restorer.from_pretrained(args.model, backend=args.backend, device=args.device)
     resolved = asdict(restorer.resolve(options))  # with the model's restore_defaults
-    resolved = {k: resolved[k] for k in ("steps", "sampler", "strength", "start_noise", "guidance",
-                                         "adaptor_strength", "color_fix", "ensemble", "seed")}
+    resolved = {k: resolved[k] for k in (*RESTORE_DEFAULT_KEYS, "seed")}  # the sampling, without the prompts
     info = {"model": str(args.model), "trained": restorer.model.trained, "images": sorted(images),
             "seed": args.seed, "options": resolved}
 

@@ -96,6 +96,16 @@ def test_eval_command_writes_table_json_and_grids(tmp_path, tiny_model, photo, c
     assert main([*again, "--overwrite"]) == 0
 
 
+def test_eval_refuses_bad_options_and_images_before_creating_its_out_folder(tmp_path, capsys):
+    from spire_rt.cli import main
+
+    assert main(["eval", "--out", str(tmp_path / "bad_option"), "--ensemble", "0", "--quiet"]) == 2
+    assert "ensemble must be 1 .. 4" in capsys.readouterr().err
+    assert main(["eval", "--out", str(tmp_path / "bad_images"), "--images", str(tmp_path / "none"), "--quiet"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "bad_option").exists() and not (tmp_path / "bad_images").exists()
+
+
 def test_heldout_images_are_the_training_holdout():
     from spire_rt.evaluation.cli import HELDOUT_IMAGES, load_images
     from spire_rt.training.data import HELD_OUT
