@@ -93,9 +93,8 @@ def run_eval(args) -> int:
     unknown = set(families) - set(FAMILIES)
     if unknown:
         raise SpireError(f"unknown families {', '.join(sorted(unknown))}; use {', '.join(FAMILIES)}")
-    chosen = {"steps": args.steps, "sampler": args.sampler, "strength": args.strength,
-              "start_noise": args.start_noise, "adaptor_strength": args.adaptor_strength,
-              "color_fix": args.color_fix, "ensemble": args.ensemble}
+    # The sampling options eval has a flag for (all of RESTORE_DEFAULT_KEYS but guidance: no semantic prompt).
+    chosen = {name: getattr(args, name, None) for name in RESTORE_DEFAULT_KEYS}
     options = {k: v for k, v in chosen.items() if v is not None}
     options["seed"] = args.seed
     RestoreOptions(**options).validated()  # bad options fail before anything is loaded or written

@@ -28,8 +28,10 @@ with open(os.environ["CALLS"], "a") as calls:
     calls.write(" ".join(args) + "\\n")
 if "--sweep" in args:
     image = args[args.index("--sweep-image") + 1]
-    noise, blur = json.loads(os.environ["RHOS"])[image]
-    sweeps = {"denoise": {"spearman_rho": noise}, "deblur": {"spearman_rho": blur}}
+    rhos = dict(zip(("denoise", "deblur"), json.loads(os.environ["RHOS"])[image]))
+    signs = {"denoise": -1, "deblur": +1}  # as evaluation/sweep.py records a sweep
+    sweeps = {name: {"spearman_rho": rho, "expected_sign": signs[name], "monotonic": rho * signs[name] >= 0.9}
+              for name, rho in rhos.items()}
     (out / "sweep.json").write_text(json.dumps({"image": image, "sweeps": sweeps}))
 else:
     gains = json.loads(os.environ["GAINS"])
