@@ -49,6 +49,11 @@ def register(commands) -> None:
     parser.add_argument("--loss-space", default="latent", choices=LOSS_SPACES,
                         help="adaptor, with --strength: score the one-step result on the latent (default) or on "
                              "the image the frozen VAE decoder makes of it (slower; what eval measures)")
+    parser.add_argument("--rank-rate", type=float, default=0.0,
+                        help="adaptor, with --strength: share of training pairs also restored with a stated noise "
+                             "or blur sigma raised, penalised unless the output gets smoother (noise) or sharper "
+                             "(blur) than under the true prompt; holds the prompt response eval --sweep scores "
+                             "(default 0; a resume may change it)")
     parser.add_argument("--landing-rate", type=float, default=0.0,
                         help="decoder: share of each batch decoded from OUT/model's own restorations of degraded "
                              "pairs (its default sampling) instead of clean latents (default 0; see the recipe)")
@@ -97,7 +102,7 @@ def run_train(args) -> int:
                          leaves=args.leaves, quiet=args.quiet,
                          strength=tuple(args.strength) if args.strength else None, start_noise=args.start_noise,
                          single_rate=args.single_rate, loss_space=args.loss_space,
-                         landing_rate=args.landing_rate)
+                         landing_rate=args.landing_rate, rank_rate=args.rank_rate)
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))
     return 0

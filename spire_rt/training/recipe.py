@@ -17,6 +17,9 @@
              so a small model also learns to undo one well-stated degradation; a resume may change it.
              --loss-space pixel scores the landed latent through the frozen VAE decoder against the clean
              crop instead (what eval measures); a resume may change it too.
+             --rank-rate R restores that share of the pairs a second time with a stated noise or blur sigma
+             raised, from the same start, and penalises a raised output whose detail does not move the way the
+             prompt says (training/ranking.py): what eval --sweep scores, asked for directly.
 
 Each stage reads the folders the previous one wrote, checkpoints to RUN/<stage>.ckpt every few minutes (model,
 optimiser, step, RNG states, so --resume carries on), and logs JSON lines to RUN/<stage>.jsonl. A stage stops at
@@ -51,6 +54,7 @@ from ..models.tokenizer import MAX_LENGTH, build_grammar_tokenizer
 from ..sampling import SAMPLERS, NoiseSchedule, trailing_timesteps
 from ..staging import staged_folder
 from .data import HELD_OUT, BatchPlan, TrainingImages, load_skimage_image, worker_batches
+from .ranking import high_frequency_energy, raised_prompt, rank_hinge
 from .ship import check_same_encoder
 
 STAGES = ("vae", "decoder", "prior", "adaptor")
@@ -81,6 +85,7 @@ class StageConfig:
     single_rate: float = 0.0  # adaptor: share of pairs degraded by one stage-1 operation instead of two stages
     loss_space: str = "latent"  # adaptor, one-step: where the landed x0 is scored ("latent" or "pixel")
     landing_rate: float = 0.0  # decoder: share of each batch decoded from RUN/model's restorations
+    rank_rate: float = 0.0  # adaptor, one-step: share of pairs also restored with a raised sigma (ranking.py)
     extra: dict = field(default_factory=dict)
 
 
@@ -134,6 +139,11 @@ def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
         raise SpireError("--landing-rate applies to the decoder stage only")
     if not 0 <= config.landing_rate <= 1:
         raise SpireError(f"--landing-rate must be in [0, 1], got {config.landing_rate}")
+    if not 0 <= config.rank_rate <= 1:
+        raise SpireError(f"--rank-rate must be in [0, 1], got {config.rank_rate}")
+    if config.rank_rate and (config.stage != "adaptor" or config.strength is None):
+        raise SpireError("--rank-rate applies to the adaptor stage with --strength LO HI (it ranks one-step "
+                         "restorations)")
     if config.loss_space not in LOSS_SPACES:
         raise SpireError(f"--loss-space must be one of {', '.join(LOSS_SPACES)}, got {config.loss_space!r}")
     if config.loss_space != "latent" and config.strength is None:
@@ -589,11 +599,7 @@ class AdaptorStage(LatentStage):
             # What the pipeline runs at strength s and one step: start from E(y) noised to t(s), land on x0.
             t = self.one_step_timesteps(batch)
             z_t = self.schedule.add_noise(y_latent, self.config.start_noise * torch.randn_like(y_latent), t)
-        restore = self.encode_text(self.text_encoder, prompts)
-        # The UNet's semantic prompt is "" through the same (trained) encoder, exactly as the pipeline feeds it.
-        semantic = self.encode_text(self.text_encoder, [""]).expand(batch, -1, -1)
-        modulations = self.adaptor(z_t, t, y_latent, restore)
-        prediction = unet_forward_modulated(self.unet, z_t, t, semantic, modulations, self.strength)
+        prediction = self.predict(z_t, t, y_latent, prompts)
         if self.config.strength is None:
             return F.mse_loss(prediction, v), {}
         landed = self.schedule.predict_x0(z_t, prediction, t)  # where the one sampler step lands
@@ -601,7 +607,48 @@ class AdaptorStage(LatentStage):
         # The log of each pair's error, averaged: the mean PSNR, which is what eval scores. A plain MSE lets the
         # heavily noised pairs (large errors) drown out blur and JPEG, whose errors are small.
         per_pair = error.pow(2).mean(dim=(1, 2, 3))
-        return torch.log(per_pair + LOG_MSE_FLOOR).mean(), {"mse": per_pair.mean().item()}
+        loss, metrics = torch.log(per_pair + LOG_MSE_FLOOR).mean(), {"mse": per_pair.mean().item()}
+        if self.config.rank_rate:
+            penalty, ranked = self.rank_penalty(z_t, t, y_latent, prompts, landed)
+            loss = loss + penalty
+            metrics.update(rank_penalty=penalty.item(), ranked=ranked)
+        return loss, metrics
+
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, y_latent: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """The modulated UNet's v prediction under each pair's restoration prompt."""
+        restore = self.encode_text(self.text_encoder, prompts)
+        # The UNet's semantic prompt is "" through the same (trained) encoder, exactly as the pipeline feeds it.
+        semantic = self.encode_text(self.text_encoder, [""]).expand(len(prompts), -1, -1)
+        modulations = self.adaptor(z_t, t, y_latent, restore)
+        return unet_forward_modulated(self.unet, z_t, t, semantic, modulations, self.strength)
+
+    def rank_penalty(self, z_t: torch.Tensor, t: torch.Tensor, y_latent: torch.Tensor, prompts: list[str],
+                     landed: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """--rank-rate: restore that share of the pairs again, from the same start, with a noise or blur sigma
+        raised (ranking.raised_prompt), and hinge on the order of the two outputs' detail (ranking.rank_hinge).
+        Returns the hinge summed over the ranked pairs and divided by the batch, and how many were ranked."""
+        picked, raised = [], []
+        for index, prompt in enumerate(prompts):
+            if self.rng.random() < self.config.rank_rate:
+                candidate = raised_prompt(prompt, self.rng)
+                if candidate is not None:
+                    picked.append(index)
+                    raised.append(candidate)
+        if not picked:
+            return landed.new_zeros(()), 0
+        index = torch.tensor(picked, device=self.device)
+        z_picked, t_picked = z_t[index], t[index]
+        prediction = self.predict(z_picked, t_picked, y_latent[index], [r.text for r in raised])
+        landed_raised = self.schedule.predict_x0(z_picked, prediction, t_picked)
+        with torch.no_grad():  # the truthful restoration is the fixed point of the order; only the raised one moves
+            stated = high_frequency_energy(self.decoded(landed[index]))
+        energy = high_frequency_energy(self.decoded(landed_raised))
+        sign = torch.tensor([r.sign for r in raised], dtype=energy.dtype, device=self.device)
+        return rank_hinge(stated, energy, sign).sum() / len(prompts), len(picked)
+
+    def decoded(self, latent: torch.Tensor) -> torch.Tensor:
+        """The image in [0, 1] the frozen decoder makes of a latent, as the pipeline decodes it."""
+        return (self.vae_decoder(latent) + 1) / 2
 
     def landing_error(self, landed: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         """How far the one step landed from the clean crop, in the space --loss-space names (each space encodes

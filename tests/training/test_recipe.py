@@ -194,6 +194,78 @@ def test_pixel_loss_scores_the_decoded_landing(run_folder, tmp_path):
     assert held_loss(stage) < before
 
 
+def test_rank_penalty_hinges_the_raised_restoration_against_the_stated_one(run_folder, tmp_path):
+    """--rank-rate: the pairs whose prompt states a noise or blur sigma are restored again from the same start with
+    it raised; the penalty is rank_hinge of the two decoded outputs' energies over the batch, and its gradient
+    reaches the networks through the raised restoration only (the stated one is the fixed side of the order)."""
+    from spire_rt.training.ranking import high_frequency_energy, raised_prompt, rank_hinge
+
+    copy_adaptor_inputs(run_folder[0], tmp_path)
+    stage = make_stage(config(tmp_path, "adaptor", strength=(0.1, 0.3), start_noise=0.0, rank_rate=1.0),
+                       recipe.AdaptorStage)
+    with torch.no_grad():  # a fresh adaptor's zero heads would make every restoration ignore its prompt
+        for head in [*stage.adaptor.skip_heads, stage.adaptor.mid_head]:
+            head.weight.normal_(0, 0.1)
+    prompts = [BLIND_PROMPT, "Denoise with sigma 0.10", "Dejpeg with quality 40", "Deblur with sigma 2.0"]
+    z_t, y_latent, t = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8), torch.full((4,), 199)
+    landed = stage.schedule.predict_x0(z_t, stage.predict(z_t, t, y_latent, prompts), t)
+    stage.rng = np.random.default_rng(5)
+    penalty, ranked = stage.rank_penalty(z_t, t, y_latent, prompts, landed)
+    assert ranked == 2 and penalty.item() > 0
+
+    rng = np.random.default_rng(5)  # the stage's draws, replayed: one coin and one raise per rankable prompt
+    raised = [raised_prompt(prompts[i], rng) for i in range(4) if rng.random() < 1.0]
+    picked = [i for i, r in enumerate(raised) if r is not None]
+    assert picked == [1, 3]
+    with torch.no_grad():
+        index = torch.tensor(picked)
+        again = stage.predict(z_t[index], t[index], y_latent[index], [raised[i].text for i in picked])
+        raised_landing = stage.schedule.predict_x0(z_t[index], again, t[index])
+        images = [(stage.vae.decode(x / stage.vae.config.scaling_factor).sample + 1) / 2
+                  for x in (landed[index], raised_landing)]
+        sign = torch.tensor([raised[i].sign for i in picked], dtype=torch.float32)
+        expected = rank_hinge(*map(high_frequency_energy, images), sign).sum() / 4
+    assert penalty.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-7)
+
+    landed.retain_grad()
+    penalty.backward()
+    assert landed.grad is None or not landed.grad.abs().sum()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stage.adaptor.skip_heads.parameters())
+    none, zero = stage.rank_penalty(z_t, t, y_latent, [BLIND_PROMPT] * 4, landed.detach())
+    assert zero == 0 and none.item() == 0
+
+
+def test_adaptor_trains_with_the_rank_objective(run_folder, tmp_path):
+    copy_adaptor_inputs(run_folder[0], tmp_path)
+    stage = make_stage(config(tmp_path, "adaptor", steps=12, strength=(0.1, 0.3), start_noise=0.0,
+                              loss_space="pixel", rank_rate=0.5), recipe.AdaptorStage)
+    restoring = replace(stage.config, rank_rate=0.0)  # the restoration loss alone, without the coin-drawn penalty
+    trained, stage.config = stage.config, restoring
+    before = held_loss(stage)
+    stage.config = trained
+    stage.train()
+    stage.config = restoring
+    assert held_loss(stage) < before
+    records = [json.loads(line) for line in (tmp_path / "adaptor.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert steps and all(r["rank_penalty"] >= 0 and 0 <= r["ranked"] <= 4 for r in steps)
+    assert any(r["ranked"] > 0 for r in steps)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"rank_rate": 0.5}, "--rank-rate applies to the adaptor stage with --strength"),
+    ({"rank_rate": 1.5, "strength": (0.1, 0.2)}, r"--rank-rate must be in \[0, 1\]"),
+    ({"rank_rate": -0.5, "strength": (0.1, 0.2)}, r"--rank-rate must be in \[0, 1\]"),
+])
+def test_bad_rank_rate_is_refused(tmp_path, overrides, message):
+    from spire_rt.errors import SpireError
+
+    with pytest.raises(SpireError, match=message):
+        recipe.run_stage(config(tmp_path, "adaptor", **overrides), SMALL)
+    with pytest.raises(SpireError, match="--rank-rate applies to the adaptor stage"):
+        recipe.run_stage(config(tmp_path, "decoder", rank_rate=0.5), SMALL)
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"loss_space": "pixels", "strength": (0.1, 0.2)}, "--loss-space must be one of latent, pixel"),
     ({"loss_space": "pixel"}, "--loss-space pixel needs --strength"),
