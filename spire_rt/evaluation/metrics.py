@@ -9,6 +9,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.stats import rankdata
 
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luminance of R, G, B
+
 
 def as_float(image) -> np.ndarray:
     array = np.asarray(image)
@@ -40,7 +42,7 @@ def ssim(reference: np.ndarray, image: np.ndarray) -> float:
 def high_frequency_energy(image: np.ndarray, sigma: float = 1.0) -> float:
     """Mean square of the luminance minus its Gaussian blur (sigma px): the detail a denoiser removes."""
     rgb = as_float(image)
-    luma = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    luma = rgb @ np.array(LUMA_WEIGHTS, np.float32)
     return float(np.mean((luma - gaussian_filter(luma, sigma, mode="reflect")) ** 2))
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..evaluation.metrics import LUMA_WEIGHTS
 from ..prompts import CLAUSES, parse_restoration_prompt
 
 # The clauses whose number orders the output's detail, and the sign of the energy change as the number rises
@@ -30,7 +31,6 @@ from ..prompts import CLAUSES, parse_restoration_prompt
 ENERGY_SIGN = {"denoise": -1, "deblur": +1}
 RAISE_FACTOR = (1.25, 2.0)  # the sweeps state up to twice the true sigma
 RANK_MARGIN = 0.05  # in log energy: the raised prompt's output must differ by about 5% at least
-LUMA = (0.299, 0.587, 0.114)
 _SPECS = {spec.field: spec for spec in CLAUSES}
 
 
@@ -59,7 +59,7 @@ def raised_prompt(prompt: str, rng: np.random.Generator) -> RaisedPrompt | None:
 def high_frequency_energy(images: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     """Per image of [B, 3, H, W] in [0, 1]: the mean square of the luminance minus its Gaussian blur, as
     evaluation.metrics.high_frequency_energy computes it (edges reflected, the kernel cut at 4 sigma)."""
-    luma = torch.einsum("bchw,c->bhw", images, images.new_tensor(LUMA))[:, None]
+    luma = torch.einsum("bchw,c->bhw", images, images.new_tensor(LUMA_WEIGHTS))[:, None]
     radius = int(4 * sigma + 0.5)
     offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
