@@ -11,7 +11,7 @@ SHIP_STAGE = "ship"
 
 
 def register(commands) -> None:
-    from .recipe import LOSS_SPACES, STAGES
+    from .recipe import LOSS_SPACES, PRECISIONS, STAGES
 
     parser = commands.add_parser("train", help="train a stage of the spire-tiny recipe (vae, prior, adaptor)")
     parser.add_argument("--preset", default="tiny", help="architecture preset (default tiny)")
@@ -63,6 +63,10 @@ def register(commands) -> None:
     parser.add_argument("--default-ensemble", type=int,
                         help="ship: the self-ensemble (1-4 flipped copies averaged) to record as the model's default "
                              "(chosen on validation images within a time budget; otherwise none is recorded)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="training precision: fp32 (default), or bf16 to run the forward passes under bfloat16 "
+                             "autocast, for a GPU's tensor cores or a CPU with bf16 instructions (weights, optimiser "
+                             "and losses stay fp32)")
     parser.add_argument("--ship-to", default=str(SHIPPED_WEIGHTS / "tiny"), help="ship: target folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_train)
@@ -102,7 +106,8 @@ def run_train(args) -> int:
                          leaves=args.leaves, quiet=args.quiet,
                          strength=tuple(args.strength) if args.strength else None, start_noise=args.start_noise,
                          single_rate=args.single_rate, loss_space=args.loss_space,
-                         landing_rate=args.landing_rate, rank_rate=args.rank_rate)
+                         landing_rate=args.landing_rate, rank_rate=args.rank_rate,
+                         precision=args.precision)
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))
     return 0

@@ -26,7 +26,8 @@ optimiser, step, RNG states, so --resume carries on), and logs JSON lines to RUN
 --steps or --minutes, whichever comes first; its folder is rewritten at every checkpoint, so a stage cut short
 still leaves something the next one can read. The learning rate follows a cosine over the run's budget. With
 --workers N, N processes draw the batches (crops and degradations) beside the loop, which a GPU needs to stay busy;
-bench/train_tiny_gpu.sh runs every stage that way.
+bench/train_tiny_gpu.sh runs every stage that way. --precision bf16 runs each step's forward passes under
+bfloat16 autocast; the weights, the optimiser, the losses and the decoder stage's landings stay fp32.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class StageConfig:
     loss_space: str = "latent"  # adaptor, one-step: where the landed x0 is scored ("latent" or "pixel")
     landing_rate: float = 0.0  # decoder: share of each batch decoded from RUN/model's restorations
     rank_rate: float = 0.0  # adaptor, one-step: share of pairs also restored with a raised sigma (ranking.py)
+    precision: str = "fp32"  # "bf16": the forward passes under bfloat16 autocast (weights, optimiser, loss in fp32)
     extra: dict = field(default_factory=dict)
 
 
@@ -103,6 +105,10 @@ HIGH_T_RATE = 0.7
 HIGH_T_SPAN = 0.1
 LOG_MSE_FLOOR = 1e-4  # one-step adaptor loss: keeps log(mse) finite on a pair that is already perfect
 LOSS_SPACES = ("latent", "pixel")
+# Training precisions. bf16 autocast runs the convolutions and attention of the forward passes (and so of their
+# backward) in bfloat16 on a GPU's tensor cores, while the weights, their gradients, the optimiser and every loss
+# reduction stay fp32. bfloat16 keeps fp32's exponent range, so no loss scaling is needed (fp16 would need it).
+PRECISIONS = ("fp32", "bf16")
 
 
 def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
@@ -144,6 +150,8 @@ def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
     if config.rank_rate and (config.stage != "adaptor" or config.strength is None):
         raise SpireError("--rank-rate applies to the adaptor stage with --strength LO HI (it ranks one-step "
                          "restorations)")
+    if config.precision not in PRECISIONS:
+        raise SpireError(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if config.loss_space not in LOSS_SPACES:
         raise SpireError(f"--loss-space must be one of {', '.join(LOSS_SPACES)}, got {config.loss_space!r}")
     if config.loss_space != "latent" and config.strength is None:
@@ -239,7 +247,8 @@ class Stage:
             lr = cosine_lr(config.lr, fraction, done, config.warmup)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss, metrics = self.loss()
+            with self.autocast():
+                loss, metrics = self.loss()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0)
@@ -272,6 +281,10 @@ class Stage:
             final["eval"] = self.evaluate()
         self.log(final)
         return {**record, **final}
+
+    def autocast(self):
+        """The forward passes' precision (config.precision); backward follows the dtypes they recorded."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
     def elapsed(self, started: float) -> float:
         return self.elapsed_before + time.perf_counter() - started
@@ -347,7 +360,7 @@ class VaeStage(Stage):
         # CPU-sized budget, and the mean is all the runtime ever encodes (networks.VaeEncoderNet).
         reconstruction = self.vae.decode(posterior.mean).sample
         loss, metrics = reconstruction_loss(reconstruction, x)
-        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        kl = posterior.kl().float().mean() / posterior.mean[0].numel()
         return loss + KL_WEIGHT * kl, {**metrics, "kl": kl.item()}
 
     def export(self) -> None:
@@ -410,7 +423,7 @@ class DecoderStage(VaeStage):
         if landed < clean.shape[0]:
             with torch.no_grad():
                 latents.append(self.encoder(clean[landed:] * 2 - 1))
-        decoded = self.decoder(torch.cat(latents))
+        decoded = self.decoder(torch.cat(latents)).float()  # the loss in fp32 under --precision bf16
         per_pair = (decoded - (clean * 2 - 1)).pow(2).mean(dim=(1, 2, 3))
         metrics = {"landed_mse": per_pair[:landed].mean().item()} if landed else {}
         return torch.log(per_pair + LOG_MSE_FLOOR).mean(), metrics
@@ -457,6 +470,11 @@ class Landings:
 
     @torch.no_grad()
     def __call__(self, y: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+        # fp32 under a stage's bf16 autocast too: these must be the latents the runtime decodes.
+        with torch.autocast(y.device.type, enabled=False):
+            return self.land(y, prompts, generator)
+
+    def land(self, y: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
         batch, opts, device = y.shape[0], self.options, self.backend.device
         y_latent = self.backend.run("vae_encoder", {"image": y * 2 - 1})["latent"]
         noise = torch.randn(y_latent.shape, generator=generator).to(device)
@@ -479,6 +497,7 @@ class Landings:
 
 def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """L1 + 0.5 L1 of image gradients (images in [-1, 1]), with the batch PSNR for the log."""
+    reconstruction, x = reconstruction.float(), x.float()  # fp32 under --precision bf16 too
     l1 = (reconstruction - x).abs().mean()
     gradient = sum((diff(reconstruction, d) - diff(x, d)).abs().mean() for d in (2, 3))
     mse = F.mse_loss(reconstruction.clamp(-1, 1), x)
@@ -559,7 +578,7 @@ class PriorStage(LatentStage):
         t = self.random_timesteps(z0.shape[0])
         z_t, v = self.noised(z0, t)
         prediction = self.unet(z_t, t, self.empty.expand(z0.shape[0], -1, -1)).sample
-        return F.mse_loss(prediction, v), {}
+        return F.mse_loss(prediction.float(), v.float()), {}
 
     def export(self) -> None:
         self.unet.save_pretrained(self.out / "unet", safe_serialization=True)
@@ -601,9 +620,9 @@ class AdaptorStage(LatentStage):
             z_t = self.schedule.add_noise(y_latent, self.config.start_noise * torch.randn_like(y_latent), t)
         prediction = self.predict(z_t, t, y_latent, prompts)
         if self.config.strength is None:
-            return F.mse_loss(prediction, v), {}
+            return F.mse_loss(prediction.float(), v.float()), {}
         landed = self.schedule.predict_x0(z_t, prediction, t)  # where the one sampler step lands
-        error = self.landing_error(landed, clean)
+        error = self.landing_error(landed, clean).float()
         # The log of each pair's error, averaged: the mean PSNR, which is what eval scores. A plain MSE lets the
         # heavily noised pairs (large errors) drown out blur and JPEG, whose errors are small.
         per_pair = error.pow(2).mean(dim=(1, 2, 3))
@@ -641,8 +660,10 @@ class AdaptorStage(LatentStage):
         prediction = self.predict(z_picked, t_picked, y_latent[index], [r.text for r in raised])
         landed_raised = self.schedule.predict_x0(z_picked, prediction, t_picked)
         with torch.no_grad():  # the truthful restoration is the fixed point of the order; only the raised one moves
-            stated = high_frequency_energy(self.decoded(landed[index]))
-        energy = high_frequency_energy(self.decoded(landed_raised))
+            stated_image = self.decoded(landed[index])
+        raised_image = self.decoded(landed_raised)
+        with torch.autocast(self.device.type, enabled=False):  # fp32 under bf16: the 5% margin is a few bf16 steps
+            stated, energy = high_frequency_energy(stated_image.float()), high_frequency_energy(raised_image.float())
         sign = torch.tensor([r.sign for r in raised], dtype=energy.dtype, device=self.device)
         return rank_hinge(stated, energy, sign).sum() / len(prompts), len(picked)
 

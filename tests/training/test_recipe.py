@@ -495,3 +495,97 @@ def test_cosine_lr_warms_up_and_decays():
     assert recipe.cosine_lr(1.0, 0.0, 0, warmup=10) == pytest.approx(0.1)
     assert recipe.cosine_lr(1.0, 0.0, 100, warmup=10) == pytest.approx(1.0)
     assert recipe.cosine_lr(1.0, 1.0, 100, warmup=10) == pytest.approx(0.1)
+
+
+# --- --precision bf16 -----------------------------------------------------------------------------------------
+
+BF16_STAGES = {
+    "vae": ({}, recipe.VaeStage),
+    "decoder": ({"landing_rate": 0.5, "single_rate": 0.5}, recipe.DecoderStage),
+    "prior": ({}, recipe.PriorStage),
+    "adaptor": ({"strength": (0.1, 0.3), "start_noise": 0.0, "loss_space": "pixel", "rank_rate": 1.0},
+                recipe.AdaptorStage),
+}
+
+
+def stage_in(run, folder, name, **overrides):
+    """A stage of `name` reading what the chained run wrote, in a folder of its own; its VAE is the one the
+    adaptor's model holds (other tests resume the shared run's vae stage, which the decoder stage would refuse)."""
+    import shutil
+
+    for part in ("unet", "text_encoder", "cache", "model"):
+        if not (folder / part).exists():
+            shutil.copytree(run / part, folder / part)
+    if not (folder / "vae").exists():
+        shutil.copytree(run / "model" / "vae", folder / "vae")
+    extra, cls = BF16_STAGES[name]
+    return make_stage(config(folder, name, **{**extra, **overrides}), cls)
+
+
+def loss_at(stage, seed=7):
+    """The stage's loss on a fixed draw, under its own precision (as its training loop computes it)."""
+    stage.rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    with torch.no_grad(), stage.autocast():
+        return stage.loss()[0]
+
+
+@pytest.mark.parametrize("name", list(BF16_STAGES))
+def test_bf16_loss_is_the_fp32_loss_to_bfloat16_accuracy(run_folder, tmp_path, name):
+    """Under --precision bf16 each stage's loss, on the same draw, comes out in fp32 and within bfloat16's
+    accuracy of the fp32 loss; it differs from it, so the autocast is really on."""
+    fp32 = stage_in(run_folder[0], tmp_path, name)
+    bf16 = stage_in(run_folder[0], tmp_path, name, precision="bf16")
+    if name == "adaptor":  # fresh zero heads would make the rank pass restore exactly as the truthful one
+        with torch.no_grad():
+            for head in [*fp32.adaptor.skip_heads, fp32.adaptor.mid_head]:
+                head.weight.normal_(0, 0.1)
+        bf16.adaptor.load_state_dict(fp32.adaptor.state_dict())
+    reference, mixed = loss_at(fp32), loss_at(bf16)
+    assert mixed.dtype == torch.float32
+    assert mixed.item() != reference.item()
+    assert mixed.item() == pytest.approx(reference.item(), rel=0.03, abs=0.01)
+
+
+def test_bf16_training_keeps_fp32_weights_and_lowers_the_loss(run_folder, tmp_path):
+    stage = stage_in(run_folder[0], tmp_path, "adaptor", steps=12, precision="bf16")
+    restoring = replace(stage.config, rank_rate=0.0, precision="fp32")  # scored in fp32, without the coin draws
+    trained, stage.config = stage.config, restoring
+    before = held_loss(stage)
+    stage.config = trained
+    seen = set()  # what the adaptor's first convolution computes in, inside the training loop
+    hook = stage.adaptor.conv_in.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+    stage.train()
+    hook.remove()
+    assert seen == {torch.bfloat16}
+    stage.config = restoring
+    assert held_loss(stage) < before
+    assert all(p.dtype == torch.float32 for p in stage.parameters())
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in stage.parameters())
+    saved = torch.load(tmp_path / "adaptor.ckpt", map_location="cpu", weights_only=False)
+    assert saved["config"]["precision"] == "bf16"
+    assert all(t.dtype == torch.float32 for t in saved["modules"]["adaptor"].values() if t.is_floating_point())
+
+
+def test_landings_stay_fp32_under_a_bf16_stage(run_folder):
+    """The decoder stage's landings are what the runtime decodes, so a bf16 stage's autocast must not reach them."""
+    landings = recipe.Landings(load_model(run_folder[0] / "model"), torch.device("cpu"))
+    y = torch.rand(2, 3, 16, 16)
+    prompts = ["Denoise with sigma 0.10", BLIND_PROMPT]
+    plain = landings(y, prompts, torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = landings(y, prompts, torch.Generator().manual_seed(1))
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)
+
+
+def test_bad_precision_is_refused(tmp_path, capsys):
+    from spire_rt.cli import main
+    from spire_rt.errors import SpireError
+
+    with pytest.raises(SpireError, match="--precision must be one of fp32, bf16, got 'fp16'"):
+        recipe.run_stage(config(tmp_path / "run", "vae", precision="fp16"), SMALL)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):
+        main(["train", "--stage", "vae", "--out", str(tmp_path / "cli"), "--steps", "1", "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
