@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Issue 5's GPU route in one device call: train a preset from scratch with bench/train_tiny_gpu.sh inside a time
+# limit, score what it shipped on the validation photographs, and pack the model and its logs into $OUT.
+#
+#   OUT=... bash bench/gpu_train.sh [PRESET]        # PRESET: default tiny-wide
+#
+# Installs nothing (the device has no network): diffusers must already be importable (carry its wheel and put it
+# on PYTHONPATH). Environment, besides train_tiny_gpu.sh's own (WORKERS, PRECISION, RANK_RATE, MINUTES, DEVICE):
+#   TRAIN_S  seconds the training chain may run before it is stopped (default 470: with start-up, scoring and
+#            packing, the call fits the device's 600 s limit); a chain cut short still ships RUN/ship_adaptor
+#   SCALE    train_tiny_gpu.sh's minutes multiplier (default 1)
+#   RUN      the run folder on the device (default /tmp/spire_gpu_run; replaced)
+#   SPIRE_RT how to call the CLI, here and in the chain (default python3 -m spire_rt.cli)
+# Writes to $OUT (at most 8 files, as the device returns them): versions.txt, chain.log, validation.md and
+# run.tar.* (15 MiB parts of RUN's shipped folders, its stage logs and the validation JSON). On this side:
+#   cat run.tar.* | tar xf -        # then bash bench/score_candidate.sh run/ship OUT, on the CPU the rules use
+set -euo pipefail
+cd "$(dirname "$0")/.."
+preset=${1:-tiny-wide}
+out=${OUT:?set OUT to the folder the device returns}
+run=${RUN:-/tmp/spire_gpu_run}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export WORKERS=${WORKERS:-14} MINUTES=${MINUTES:-0.9 0.8 0.4 2.6 0.8} SPIRE_RT=${SPIRE_RT:-python3 -m spire_rt.cli}
+read -r -a spire <<<"$SPIRE_RT"
+mkdir -p "$out"
+rm -rf "$run"
+
+{
+    python3 -c "import torch, diffusers, skimage; print('torch', torch.__version__, 'diffusers', diffusers.__version__,
+'skimage', skimage.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+    echo "preset $preset, MINUTES $MINUTES, SCALE ${SCALE:-1}, WORKERS $WORKERS, PRECISION ${PRECISION:-bf16}," \
+         "RANK_RATE ${RANK_RATE:-0.5}, TRAIN_S ${TRAIN_S:-470}"
+} > "$out/versions.txt" 2>&1
+cat "$out/versions.txt"
+
+started=$(date +%s)
+status=0
+timeout "${TRAIN_S:-470}" bash bench/train_tiny_gpu.sh "$run" "$preset" "${SCALE:-1}" > "$out/chain.log" 2>&1 || status=$?
+pkill -f "spire_rt.cli train" 2>/dev/null || true  # a stage's batch workers outlive a timeout of its parent
+echo "chain: exit status $status after $(( $(date +%s) - started )) s" | tee -a "$out/chain.log"
+
+model=$run/ship
+[ -f "$model/spire.json" ] || model=$run/ship_adaptor
+if [ ! -f "$model/spire.json" ]; then
+    echo "no shipped model: the chain stopped before its one-step adaptor leg ended" | tee -a "$out/chain.log"
+    tail -n 20 "$out/chain.log"
+    exit 1
+fi
+device=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+"${spire[@]}" eval --model "$model" --images skimage-validation --device "$device" --out "$run/validation" --quiet
+cp "$run/validation/results.md" "$out/validation.md"
+
+# A shipped model is 14-22 MB; the device returns files of at most 16 MiB each, so the pack goes in parts.
+(cd "$run" && tar cf - ship* ./*.jsonl validation/results.json) | split -b 15M - "$out/run.tar."
+ls -la "$out"
+tail -n 12 "$out/chain.log"
+echo "model: $model"
+python3 - "$run/validation/results.json" <<'PY'
+import json
+import sys
+
+summary = json.load(open(sys.argv[1]))["summary"]
+gains = {family: round(values["model_gain_db"], 2) for family, values in summary.items()}
+print("| family | gain (dB) |\n| --- | --- |")
+for family, gain in gains.items():
+    print(f"| {family} | {gain:+.2f} |")
+print(f"| mean | {sum(gains.values()) / len(gains):.3f} |")
+PY
