@@ -4,10 +4,17 @@
 #
 #   OUT=... bash bench/gpu_train.sh [PRESET]        # PRESET: default tiny-wide
 #
-# Installs nothing (the device has no network): diffusers must already be importable (carry its wheel and put it
-# on PYTHONPATH). Environment, besides train_tiny_gpu.sh's own (WORKERS, PRECISION, RANK_RATE, MINUTES, DEVICE):
+# Installs nothing (the device has no network): diffusers must already be importable. Through the device tool,
+# with the wheels of diffusers and importlib-metadata downloaded into .whl/ as its README shows, one call does it
+# all (carry [".whl"], timeout_s 590; the machine's start-up comes out of the 15 minutes as well):
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+#       .whl/*.whl && export PYTHONPATH=/tmp/site || exit; bash bench/gpu_train.sh tiny-wide
+# Environment, besides train_tiny_gpu.sh's own (WORKERS, PRECISION, RANK_RATE, MINUTES, DEVICE):
 #   TRAIN_S  seconds the training chain may run before it is stopped (default 470: with start-up, scoring and
 #            packing, the call fits the device's 600 s limit); a chain cut short still ships RUN/ship_adaptor
+#   MINUTES  train_tiny_gpu.sh's five stage budgets (default "0.9 0.8 0.4 2.5 0.7": 318 s of training; the H200
+#            run of bench/results/experiments/gpu_recipe_h200 spent about 130 s more starting, exporting and
+#            shipping its stages, so the chain ends about 450 s in)
 #   SCALE    train_tiny_gpu.sh's minutes multiplier (default 1)
 #   RUN      the run folder on the device (default /tmp/spire_gpu_run; replaced)
 #   SPIRE_RT how to call the CLI, here and in the chain (default python3 -m spire_rt.cli)
@@ -20,7 +27,7 @@ preset=${1:-tiny-wide}
 out=${OUT:?set OUT to the folder the device returns}
 run=${RUN:-/tmp/spire_gpu_run}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export WORKERS=${WORKERS:-14} MINUTES=${MINUTES:-0.9 0.8 0.4 2.6 0.8} SPIRE_RT=${SPIRE_RT:-python3 -m spire_rt.cli}
+export WORKERS=${WORKERS:-14} MINUTES=${MINUTES:-0.9 0.8 0.4 2.5 0.7} SPIRE_RT=${SPIRE_RT:-python3 -m spire_rt.cli}
 read -r -a spire <<<"$SPIRE_RT"
 mkdir -p "$out"
 rm -rf "$run"
