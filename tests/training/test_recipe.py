@@ -508,16 +508,18 @@ BF16_STAGES = {
 }
 
 
-def stage_in(run, folder, name, **overrides):
-    """A stage of `name` reading what the chained run wrote, in a folder of its own; its VAE is the one the
-    adaptor's model holds (other tests resume the shared run's vae stage, which the decoder stage would refuse)."""
+def copy_stage_inputs(run, folder):
+    """What any stage reads from the chained run: the decoder stage's inputs (whose VAE is the adaptor model's,
+    which the prior and adaptor stages may read as well) and the UNet and text encoder."""
     import shutil
 
-    for part in ("unet", "text_encoder", "cache", "model"):
-        if not (folder / part).exists():
-            shutil.copytree(run / part, folder / part)
-    if not (folder / "vae").exists():
-        shutil.copytree(run / "model" / "vae", folder / "vae")
+    copy_decoder_inputs(run, folder)
+    for part in ("unet", "text_encoder"):
+        shutil.copytree(run / part, folder / part)
+
+
+def stage_in(folder, name, **overrides):
+    """A stage of `name` on the inputs copy_stage_inputs put in `folder`."""
     extra, cls = BF16_STAGES[name]
     return make_stage(config(folder, name, **{**extra, **overrides}), cls)
 
@@ -534,8 +536,9 @@ def loss_at(stage, seed=7):
 def test_bf16_loss_is_the_fp32_loss_to_bfloat16_accuracy(run_folder, tmp_path, name):
     """Under --precision bf16 each stage's loss, on the same draw, comes out in fp32 and within bfloat16's
     accuracy of the fp32 loss; it differs from it, so the autocast is really on."""
-    fp32 = stage_in(run_folder[0], tmp_path, name)
-    bf16 = stage_in(run_folder[0], tmp_path, name, precision="bf16")
+    copy_stage_inputs(run_folder[0], tmp_path)
+    fp32 = stage_in(tmp_path, name)
+    bf16 = stage_in(tmp_path, name, precision="bf16")
     if name == "adaptor":  # fresh zero heads would make the rank pass restore exactly as the truthful one
         with torch.no_grad():
             for head in [*fp32.adaptor.skip_heads, fp32.adaptor.mid_head]:
@@ -548,7 +551,8 @@ def test_bf16_loss_is_the_fp32_loss_to_bfloat16_accuracy(run_folder, tmp_path, n
 
 
 def test_bf16_training_keeps_fp32_weights_and_lowers_the_loss(run_folder, tmp_path):
-    stage = stage_in(run_folder[0], tmp_path, "adaptor", steps=12, precision="bf16")
+    copy_stage_inputs(run_folder[0], tmp_path)
+    stage = stage_in(tmp_path, "adaptor", steps=12, precision="bf16")
     restoring = replace(stage.config, rank_rate=0.0, precision="fp32")  # scored in fp32, without the coin draws
     trained, stage.config = stage.config, restoring
     before = held_loss(stage)
