@@ -67,10 +67,11 @@ python3 - "$run/validation/results.json" <<'PY'
 import json
 import sys
 
-summary = json.load(open(sys.argv[1]))["summary"]
-gains = {family: round(values["model_gain_db"], 2) for family, values in summary.items()}
+from spire_rt.evaluation.benchmark import quoted_gains
+
+gains, mean = quoted_gains(json.load(open(sys.argv[1]))["summary"])
 print("| family | gain (dB) |\n| --- | --- |")
 for family, gain in gains.items():
     print(f"| {family} | {gain:+.2f} |")
-print(f"| mean | {sum(gains.values()) / len(gains):.3f} |")
+print(f"| mean | {mean:.3f} |")
 PY

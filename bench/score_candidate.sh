@@ -31,12 +31,11 @@ import json
 import sys
 from pathlib import Path
 
+from spire_rt.evaluation.benchmark import quoted_gains
+
 out = Path(sys.argv[1])
-summary = json.loads((out / "validation" / "results.json").read_text())["summary"]
-# The mean of the per-family gains rounded to 0.01 dB: how every ship record so far quotes it (2.545 for the
-# shipped model, whose unrounded mean is 2.5446).
-gains = {family: round(values["model_gain_db"], 2) for family, values in summary.items()}
-print(f"validation mean gain {sum(gains.values()) / len(gains):.3f} dB  {gains}")
+gains, mean = quoted_gains(json.loads((out / "validation" / "results.json").read_text())["summary"])
+print(f"validation mean gain {mean:.3f} dB  {gains}")
 inside = True
 for folder in sorted((out / "sweep").iterdir()):
     sweeps = json.loads((folder / "sweep.json").read_text())["sweeps"]

@@ -217,6 +217,13 @@ def summarise(records: list[dict]) -> dict[str, dict]:
     return summary
 
 
+def quoted_gains(summary: dict[str, dict]) -> tuple[dict[str, float], float]:
+    """Each family's model gain rounded to 0.01 dB, and the mean of those: how every ship rule quotes a model
+    (bench/score_candidate.sh; 2.545 dB for a model whose unrounded mean was 2.5446)."""
+    gains = {family: round(values["model_gain_db"], 2) for family, values in summary.items()}
+    return gains, sum(gains.values()) / len(gains)
+
+
 def markdown_table(summary: dict[str, dict]) -> str:
     header = ("| family | degraded PSNR / SSIM | baseline PSNR / SSIM | model PSNR / SSIM | model gain (dB) "
               "| model - baseline (dB) |")

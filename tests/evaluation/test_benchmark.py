@@ -67,6 +67,13 @@ def test_summary_and_table():
     assert "| f | 21.00 / 0.600 | 22.50 / 0.650 | 25.50 / 0.850 | +4.50 | +3.00 |" in benchmark.markdown_table(summary)
 
 
+def test_quoted_gains_round_each_family_before_the_mean():
+    summary = {"a": {"model_gain_db": 2.5446}, "b": {"model_gain_db": 1.004}, "c": {"model_gain_db": -0.006}}
+    gains, mean = benchmark.quoted_gains(summary)
+    assert gains == {"a": 2.54, "b": 1.0, "c": -0.01}
+    assert mean == pytest.approx((2.54 + 1.0 - 0.01) / 3)
+
+
 def test_eval_command_writes_table_json_and_grids(tmp_path, tiny_model, photo, capsys):
     from PIL import Image
 
