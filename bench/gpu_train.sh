@@ -16,7 +16,7 @@
 #            run of bench/results/experiments/gpu_recipe_h200 spent about 130 s more starting, exporting and
 #            shipping its stages, so the chain ends about 450 s in)
 #   SCALE    train_tiny_gpu.sh's minutes multiplier (default 1)
-#   RUN      the run folder on the device (default /tmp/spire_gpu_run; replaced)
+#   RUN      the run folder (default /tmp/spire_gpu_run, replaced each time; a RUN you name must not exist yet)
 #   SPIRE_RT how to call the CLI, here and in the chain (default python3 -m spire_rt.cli)
 # Writes to $OUT (at most 8 files, as the device returns them): versions.txt, chain.log, validation.md and
 # run.tar.* (15 MiB parts of RUN's shipped folders, its stage logs and the validation JSON). On this side:
@@ -26,6 +26,17 @@ cd "$(dirname "$0")/.."
 preset=${1:-tiny-wide}
 out=${OUT:?set OUT to the folder the device returns}
 run=${RUN:-/tmp/spire_gpu_run}
+# Only the default run folder is the script's own to replace, and an earlier call's parts must not mix with this
+# call's (cat run.tar.* would join them).
+if [ -n "${RUN:-}" ] && [ -e "$RUN" ]; then
+    echo "gpu_train.sh: RUN=$RUN already exists; name a folder that does not (the run folder is replaced)" >&2
+    exit 2
+fi
+earlier=$(cd "$out" 2>/dev/null && ls -d versions.txt chain.log validation.md run.tar.* 2>/dev/null | xargs) || true
+if [ -n "$earlier" ]; then
+    echo "gpu_train.sh: $out already holds an earlier call's $earlier; give another OUT" >&2
+    exit 2
+fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export WORKERS=${WORKERS:-14} MINUTES=${MINUTES:-0.9 0.8 0.4 2.5 0.7} SPIRE_RT=${SPIRE_RT:-python3 -m spire_rt.cli}
 read -r -a spire <<<"$SPIRE_RT"

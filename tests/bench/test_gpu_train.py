@@ -110,6 +110,21 @@ def test_a_chain_cut_off_before_any_model_says_so(tmp_path):
     assert not any(call.startswith("eval") for call in calls)
 
 
+def test_refuses_a_named_run_folder_that_exists_and_an_out_with_earlier_results(tmp_path):
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    (kept / "precious.txt").write_text("keep")
+    result, calls = device_call(tmp_path, RUN=str(kept))
+    assert result.returncode == 2 and f"RUN={kept} already exists" in result.stderr
+    assert (kept / "precious.txt").read_text() == "keep" and not calls
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.tar.aa").write_text("an earlier call's part")
+    result, calls = device_call(tmp_path)
+    assert result.returncode == 2 and "already holds an earlier call's run.tar.aa" in result.stderr
+    assert (out / "run.tar.aa").read_text() == "an earlier call's part" and not calls
+
+
 def test_needs_out(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     result = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, check=False)
