@@ -34,6 +34,9 @@ def register(commands) -> None:
     parser.add_argument("--resume", action="store_true", help="carry on from OUT/<stage>.ckpt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--leaves", type=int, default=128, help="procedural dead-leaves images in the data pool")
+    parser.add_argument("--rgb-permute", type=float, default=0.0,
+                        help="share of training crops drawn with their RGB channels in another order, for hue "
+                             "variety (most of the bundled photographs are grey; default 0)")
     parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
     parser.add_argument("--eval-minutes", type=float, default=6.0,
                         help="adaptor and decoder: measure held-out gain / reconstruction this often (0: never)")
@@ -107,7 +110,7 @@ def run_train(args) -> int:
                          strength=tuple(args.strength) if args.strength else None, start_noise=args.start_noise,
                          single_rate=args.single_rate, loss_space=args.loss_space,
                          landing_rate=args.landing_rate, rank_rate=args.rank_rate,
-                         precision=args.precision)
+                         precision=args.precision, rgb_permute=args.rgb_permute)
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))
     return 0

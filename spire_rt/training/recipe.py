@@ -88,6 +88,7 @@ class StageConfig:
     landing_rate: float = 0.0  # decoder: share of each batch decoded from RUN/model's restorations
     rank_rate: float = 0.0  # adaptor, one-step: share of pairs also restored with a raised sigma (ranking.py)
     precision: str = "fp32"  # "bf16": the forward passes under bfloat16 autocast (weights, optimiser, loss in fp32)
+    rgb_permute: float = 0.0  # share of training crops drawn in another RGB order (data.RGB_ORDERS)
     extra: dict = field(default_factory=dict)
 
 
@@ -147,6 +148,8 @@ def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
         raise SpireError(f"--landing-rate must be in [0, 1], got {config.landing_rate}")
     if not 0 <= config.rank_rate <= 1:
         raise SpireError(f"--rank-rate must be in [0, 1], got {config.rank_rate}")
+    if not 0 <= config.rgb_permute <= 1:
+        raise SpireError(f"--rgb-permute must be in [0, 1], got {config.rgb_permute}")
     if config.rank_rate and (config.stage != "adaptor" or config.strength is None):
         raise SpireError("--rank-rate applies to the adaptor stage with --strength LO HI (it ranks one-step "
                          "restorations)")
@@ -186,7 +189,7 @@ class Stage:
         seed_everything(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.images = TrainingImages.load(leaves=config.leaves, seed=config.seed, cache=self.out / "cache",
-                                          processes=max(1, config.workers))
+                                          processes=max(1, config.workers), rgb_permute=config.rgb_permute)
         self.stream = None  # worker_batches, from train() on, when config.workers > 0
         self.step = 0
         self.elapsed_before = 0.0  # training seconds spent by earlier runs of this stage (resume)

@@ -15,6 +15,7 @@ from spire_rt.prompts import BLIND_PROMPT
 from spire_rt.training import recipe
 from spire_rt.training.data import (
     HELD_OUT,
+    RGB_ORDERS,
     TRAIN_IMAGES,
     BatchPlan,
     TrainingImages,
@@ -349,6 +350,45 @@ def test_single_rate_mixes_in_one_operation_pairs():
     assert unmixed == two_stage  # rate 0 draws exactly what the recipe drew before the option existed
     _, half = degraded_pairs(clean, np.random.default_rng(2), blind_rate=0.0, single_rate=0.5)
     assert 8 <= sum(";" in prompt for prompt in half) <= 32  # some pairs mixed, some not
+
+
+def test_rgb_permute_reorders_the_channels_of_that_share_of_crops():
+    rng = np.random.default_rng(3)
+    photo = rng.random((40, 40, 3)).astype(np.float32)  # every channel differs from the others
+    no_leaves = np.zeros((0, 1, 1, 3))
+    plain, permuted = TrainingImages([photo], no_leaves), TrainingImages([photo], no_leaves, rgb_permute=1.0)
+    orders = set()
+    for seed in range(40):
+        before = plain.crop(np.random.default_rng(seed), 16)
+        after = permuted.crop(np.random.default_rng(seed), 16)  # the same crop: its order is drawn last
+        order = next(o for o in RGB_ORDERS if np.array_equal(after, before[..., o]))
+        orders.add(tuple(order))
+    assert len(RGB_ORDERS) == 5 and (0, 1, 2) not in orders and len(orders) == 5
+    # Rate 0 draws exactly what the recipe drew before the option existed; a middle rate permutes some crops.
+    unmoved = TrainingImages([photo], no_leaves, rgb_permute=0.0)
+    assert np.array_equal(unmoved.crop(np.random.default_rng(9), 16), plain.crop(np.random.default_rng(9), 16))
+    half = TrainingImages([photo], no_leaves, rgb_permute=0.5)
+    same = sum(np.array_equal(half.crop(np.random.default_rng(s), 16), plain.crop(np.random.default_rng(s), 16))
+               for s in range(40))
+    assert 8 <= same <= 32
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.5])
+def test_bad_rgb_permute_is_refused(tmp_path, rate):
+    from spire_rt.errors import SpireError
+
+    with pytest.raises(SpireError, match=r"--rgb-permute must be in \[0, 1\]"):
+        recipe.run_stage(config(tmp_path, "vae", rgb_permute=rate), SMALL)
+    with pytest.raises(ValueError, match=r"rgb_permute must be in \[0, 1\]"):
+        TrainingImages([], np.zeros((0, 1, 1, 3)), rgb_permute=rate)
+
+
+def test_train_cli_passes_rgb_permute_on(tmp_path, capsys):
+    from spire_rt.cli import main
+
+    code = main(["train", "--stage", "vae", "--out", str(tmp_path / "cli"), "--steps", "1", "--rgb-permute", "2"])
+    assert code != 0 and "--rgb-permute must be in [0, 1], got 2.0" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
 
 
 @pytest.mark.parametrize(("stage", "rate", "message"), [
