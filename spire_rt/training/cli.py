@@ -8,6 +8,7 @@ from ..errors import SpireError
 from ..models.spire_model import SHIPPED_WEIGHTS
 
 SHIP_STAGE = "ship"
+UNPACK_STAGE = "unpack"
 
 
 def register(commands) -> None:
@@ -15,11 +16,14 @@ def register(commands) -> None:
 
     parser = commands.add_parser("train", help="train a stage of the spire-tiny recipe (vae, prior, adaptor)")
     parser.add_argument("--preset", default="tiny", help="architecture preset (default tiny)")
-    parser.add_argument("--stage", required=True, choices=(*STAGES, SHIP_STAGE),
+    parser.add_argument("--stage", required=True, choices=(UNPACK_STAGE, *STAGES, SHIP_STAGE),
                         help="vae, then prior, then adaptor (each reads the folders the previous one wrote "
                              "in --out); decoder refines the VAE decoder alone; ship writes OUT/model, with "
-                             "OUT/vae's decoder, as fp16 into --ship-to")
+                             "OUT/vae's decoder, as fp16 into --ship-to; unpack makes a shipped model (--from) "
+                             "into a new run folder that the adaptor (--resume) and decoder stages carry on")
     parser.add_argument("--out", required=True, help="run folder shared by the stages")
+    parser.add_argument("--from", dest="source", metavar="MODEL",
+                        help="unpack: the model to carry on (a folder, or a preset name for its shipped weights)")
     parser.add_argument("--steps", type=int, help="stop after this many steps")
     parser.add_argument("--minutes", type=float, help="stop after this many minutes of training")
     parser.add_argument("--batch", type=int, help="batch size (default per stage)")
@@ -81,6 +85,17 @@ def run_train(args) -> int:
     from ..models.presets import get_preset
     from .recipe import StageConfig, run_stage
 
+    if args.source is not None and args.stage != UNPACK_STAGE:
+        raise SpireError("--from applies to --stage unpack only")
+    if args.stage == UNPACK_STAGE:
+        from .unpack import unpack_model
+
+        if args.source is None:
+            raise SpireError("--stage unpack needs --from MODEL (a model folder or a preset name)")
+        preset = unpack_model(args.source, Path(args.out))
+        print(f"unpacked {args.source} -> {args.out}; carry it on with --preset {preset} --stage adaptor --resume "
+              "(and the --strength it was trained with) or --stage decoder")
+        return 0
     if args.stage == SHIP_STAGE:
         from .ship import ship_fp16
 
