@@ -21,16 +21,8 @@ if [ $# -lt 2 ]; then
 fi
 run=$1 preset=$2 scale=${3:-1}
 read -r vae_min prior_min diffusion_min one_step_min decoder_min <<<"${MINUTES:-1.4 1.3 0.6 3.0 0.9}"
-read -r -a spire <<<"${SPIRE_RT:-python3 -m spire_rt.cli}"
-common=(--preset "$preset" --out "$run" --device "${DEVICE:-cuda}" --workers "${WORKERS:-7}" --eval-minutes 0
-        --precision "${PRECISION:-bf16}" --quiet)
-minutes() { python3 -c "print(round(float('$1') * $scale, 3))"; }
-stage() {  # stage NAME OPTIONS...: train one stage and say how far it got
-    local name=$1
-    shift
-    echo "$(date -u +%T) $name: $*"
-    "${spire[@]}" train --stage "$@" "${common[@]}" | tail -n 1
-}
+# shellcheck source=bench/gpu_stages.sh
+source "$(dirname "$0")/gpu_stages.sh"
 
 stage vae vae --batch 128 --crop 64 --lr 2e-3 --minutes "$(minutes "$vae_min")"
 stage prior prior --batch 128 --crop 64 --lr 1.5e-3 --minutes "$(minutes "$prior_min")"

@@ -1,4 +1,4 @@
-"""bench/gpu_train.sh: one device call that trains, scores and packs. A stand-in for the CLI plays each stage
+"""bench/gpu_train.sh: one device call that trains (from scratch, or on from a shipped model), scores and packs. A stand-in for the CLI plays each stage
 (writing what the real one would: logs, a shipped folder, eval's results), so the test checks the script's own
 work in seconds: the chain's options, the time limit, which model it scores, and what comes back in OUT."""
 
@@ -31,7 +31,9 @@ if args[0] == "train":
         time.sleep(60)
     if stage == os.environ.get("FAILING_STAGE"):
         sys.exit("stage failed")
-    if stage == "ship":
+    if stage == "unpack":
+        (run / "model").mkdir()
+    elif stage == "ship":
         target = Path(value("--ship-to"))
         target.mkdir(parents=True)
         (target / "spire.json").write_text(json.dumps({"from": str(run / "model")}))
@@ -93,6 +95,36 @@ def test_trains_scores_the_final_model_and_packs_it(tmp_path):
             "validation/results.json"} <= set(files)
     assert "| dejpeg_20 | +1.00 |" in result.stdout
     assert result.stdout.strip().endswith("| mean | 2.333 |")
+
+
+def test_from_carries_a_shipped_model_on_with_its_own_defaults(tmp_path):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "spire.json").write_text(json.dumps({"name": "tiny-wide",
+                                                    "restore_defaults": {"strength": 0.05, "ensemble": 2}}))
+    result, calls = device_call(tmp_path, FROM=str(shipped))
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    trains = [call for call in calls if call.startswith("train")]
+    assert [call.split("--stage ")[1].split()[0] for call in trains] == ["unpack", "adaptor", "ship", "decoder", "ship"]
+    assert trains[0] == f"train --stage unpack --from {shipped} --out {run}"
+    adaptor, decoder = trains[1], trains[3]
+    for option in ("--resume", "--batch 128", "--strength 0.04 0.08", "--loss-space pixel", "--rank-rate 0.5",
+                   "--lr 2e-4", "--minutes 4.0", "--preset tiny-wide", "--workers 14", "--precision bf16"):
+        assert option in adaptor, option
+    for option in ("--batch 64", "--landing-rate 0.8", "--lr 2.5e-4", "--minutes 1.2", "--preset tiny-wide"):
+        assert option in decoder, option
+    assert all(call.endswith("--default-strength 0.05 --default-ensemble 2") for call in (trains[2], trains[4]))
+    assert f"--model {run / 'ship'} " in next(c for c in calls if c.startswith("eval"))
+    assert f"from {shipped}, MINUTES 4.0 1.2" in (tmp_path / "out" / "versions.txt").read_text()
+    assert {"ship/spire.json", "ship_adaptor/spire.json", "./adaptor.jsonl", "./decoder.jsonl"} <= set(
+        unpacked(tmp_path / "out"))
+
+
+def test_from_must_name_a_model_folder(tmp_path):
+    result, calls = device_call(tmp_path, FROM=str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "is not a model folder (no spire.json)" in result.stderr
+    assert not calls and not (tmp_path / "out").exists()
 
 
 def test_a_chain_stopped_after_the_adaptor_scores_its_ship_adaptor(tmp_path):
