@@ -41,8 +41,8 @@ VALIDATION = ("camera", "coins", "ihc", "motorcycle_left")
 BLIND_RATE = 0.2  # how often the restoration prompt is replaced by "Remove all degradation"
 # The five RGB orders other than the identity. Permuting a photograph's channels keeps its edges, textures and the
 # way its colours follow its luma, while moving its hues around the colour wheel: 9 of the 15 training photographs
-# are grey, and most of the six colour ones lean to reds and browns (Yoo, Ahn & Sohn, "Rethinking Data Augmentation for Image
-# Super-resolution", CVPR 2020: "RGB permute").
+# are grey, and most of the six colour ones lean to reds and browns (Yoo, Ahn & Sohn, "Rethinking Data
+# Augmentation for Image Super-resolution", CVPR 2020: "RGB permute").
 RGB_ORDERS = tuple(list(order) for order in itertools.permutations(range(3)))[1:]
 
 

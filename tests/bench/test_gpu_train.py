@@ -1,6 +1,7 @@
-"""bench/gpu_train.sh: one device call that trains (from scratch, or on from a shipped model), scores and packs. A stand-in for the CLI plays each stage
-(writing what the real one would: logs, a shipped folder, eval's results), so the test checks the script's own
-work in seconds: the chain's options, the time limit, which model it scores, and what comes back in OUT."""
+"""bench/gpu_train.sh: one device call that trains (from scratch, or on from a shipped model), scores and packs.
+A stand-in for the CLI plays each stage (writing what the real one would: logs, a shipped folder, eval's results),
+so the test checks the script's own work in seconds: the chain's options, the time limit, which model it scores,
+and what comes back in OUT."""
 
 from __future__ import annotations
 

@@ -76,7 +76,9 @@ def test_unpack_refuses_models_the_recipe_cannot_continue(tmp_path):
     untrained = build_preset("tiny", seed=0).save(tmp_path / "untrained")
     with pytest.raises(SpireError, match="holds untrained weights"):
         unpack_model(untrained, tmp_path / "b")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(SpireError, match="preset 'sd15' ships no weights; give a model folder"):
+        unpack_model("sd15", tmp_path / "c")
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_train_cli_unpacks_and_checks_from(tmp_path, capsys):
