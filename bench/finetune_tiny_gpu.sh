@@ -22,7 +22,8 @@ if [ ! -f "$from/spire.json" ]; then
     echo "finetune_tiny_gpu.sh: FROM=$from is not a model folder (no spire.json)" >&2
     exit 2
 fi
-# The preset the stages must be given, and the defaults the model is shipped with again.
+# The preset the stages must be given, and the defaults the model is shipped with again (strength 0.06, the
+# middle of the legs' --strength, where FROM records none).
 defaults=$(python3 - "$from/spire.json" <<'PY'
 import json
 import sys
