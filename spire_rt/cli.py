@@ -227,7 +227,7 @@ def run_info(args) -> int:
 
     from .backends import backend_status
     from .models.presets import PRESETS
-    from .models.spire_model import SHIPPED_WEIGHTS
+    from .models.spire_model import shipped_folder
 
     print(f"spire-rt {__version__}  python {platform.python_version()}  {platform.platform()}")
     for package in ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "triton", "tensorrt"):
@@ -243,7 +243,7 @@ def run_info(args) -> int:
         print(f"  {name:<13}{status}")
     print("presets:")
     for name in PRESETS:
-        shipped = (SHIPPED_WEIGHTS / name / "spire.json").exists()
+        shipped = shipped_folder(name) is not None
         print(f"  {name:<13}{'shipped weights' if shipped else 'random weights (architecture only)'}")
     return 0
 

@@ -134,12 +134,18 @@ def build_preset(name: str, seed: int | None = None) -> SpireModel:
                       text_layer=preset.text_layer, trained=False)
 
 
+def shipped_folder(preset: str) -> Path | None:
+    """The folder of the weights shipped for `preset`, or None where it ships none (architecture only)."""
+    folder = SHIPPED_WEIGHTS / preset
+    return folder if (folder / SPIRE_FILE).exists() else None
+
+
 def load_model(name_or_path: str | Path, adaptor: str | Path | None = None) -> SpireModel:
     """A preset name, a SPIRE folder, or a base Stable Diffusion folder together with an adaptor folder."""
     path = Path(name_or_path)
     if not path.exists() and str(name_or_path) in PRESETS:
-        shipped = SHIPPED_WEIGHTS / str(name_or_path)
-        return load_folder(shipped) if (shipped / SPIRE_FILE).exists() else build_preset(str(name_or_path))
+        shipped = shipped_folder(str(name_or_path))
+        return load_folder(shipped) if shipped is not None else build_preset(str(name_or_path))
     if not path.is_dir():
         raise ModelLoadError(f"{name_or_path}: neither a preset ({', '.join(sorted(PRESETS))}) nor a model folder")
     if adaptor is not None:

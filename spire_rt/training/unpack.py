@@ -19,7 +19,7 @@ import torch
 
 from ..errors import SpireError
 from ..models.presets import PRESETS
-from ..models.spire_model import SHIPPED_WEIGHTS, SPIRE_FILE, load_model
+from ..models.spire_model import load_model, shipped_folder
 
 # What a run folder holds once any stage has written to it: unpacking never writes over a run.
 RUN_CONTENTS = ("vae", "unet", "text_encoder", "model", "vae.ckpt", "prior.ckpt", "adaptor.ckpt", "decoder.ckpt")
@@ -34,8 +34,7 @@ def unpack_model(source: str | Path, run: Path) -> str:
     held = [name for name in RUN_CONTENTS if (run / name).exists()]
     if held:
         raise SpireError(f"--stage unpack: {run} already holds a run ({', '.join(held)}); unpack into a new folder")
-    shipped = SHIPPED_WEIGHTS / str(source) / SPIRE_FILE
-    if not Path(source).exists() and str(source) in PRESETS and not shipped.is_file():
+    if not Path(source).exists() and str(source) in PRESETS and shipped_folder(str(source)) is None:
         # load_model would build the preset's untrained network first (gigabytes for sd15) only to be refused
         raise SpireError(f"--stage unpack: preset {source!r} ships no weights; give a model folder")
     model = load_model(source)
