@@ -61,6 +61,10 @@ def register(commands) -> None:
                              "or blur sigma raised, penalised unless the output gets smoother (noise) or sharper "
                              "(blur) than under the true prompt; holds the prompt response eval --sweep scores "
                              "(default 0; a resume may change it)")
+    parser.add_argument("--train-unet", action="store_true",
+                        help="adaptor: train the UNet's weights along with the adaptor and text encoder, instead of "
+                             "keeping the prior frozen (OUT/model gets the tuned UNet; OUT/unet, the prior, stays). "
+                             "A resume without it keeps the UNet an earlier run tuned, frozen")
     parser.add_argument("--landing-rate", type=float, default=0.0,
                         help="decoder: share of each batch decoded from OUT/model's own restorations of degraded "
                              "pairs (its default sampling) instead of clean latents (default 0; see the recipe)")
@@ -125,7 +129,8 @@ def run_train(args) -> int:
                          strength=tuple(args.strength) if args.strength else None, start_noise=args.start_noise,
                          single_rate=args.single_rate, loss_space=args.loss_space,
                          landing_rate=args.landing_rate, rank_rate=args.rank_rate,
-                         precision=args.precision, rgb_permute=args.rgb_permute)
+                         precision=args.precision, rgb_permute=args.rgb_permute,
+                         train_unet=args.train_unet)
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))
     return 0

@@ -89,6 +89,7 @@ class StageConfig:
     rank_rate: float = 0.0  # adaptor, one-step: share of pairs also restored with a raised sigma (ranking.py)
     precision: str = "fp32"  # "bf16": the forward passes under bfloat16 autocast (weights, optimiser, loss in fp32)
     rgb_permute: float = 0.0  # share of training crops drawn in another RGB order (data.RGB_ORDERS)
+    train_unet: bool = False  # adaptor: train the UNet's weights too (a restoration-tuned prior; RUN/unet stays)
     extra: dict = field(default_factory=dict)
 
 
@@ -142,6 +143,8 @@ def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
         raise SpireError("--single-rate applies to the adaptor stage (and the decoder stage with --landing-rate)")
     if not 0 <= config.single_rate <= 1:
         raise SpireError(f"--single-rate must be in [0, 1], got {config.single_rate}")
+    if config.train_unet and config.stage != "adaptor":
+        raise SpireError("--train-unet applies to the adaptor stage only")
     if config.landing_rate and config.stage != "decoder":
         raise SpireError("--landing-rate applies to the decoder stage only")
     if not 0 <= config.landing_rate <= 1:
@@ -194,7 +197,7 @@ class Stage:
         self.step = 0
         self.elapsed_before = 0.0  # training seconds spent by earlier runs of this stage (resume)
         self.build()
-        self.optimizer = torch.optim.AdamW(self.parameters(), lr=config.lr, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(self.param_groups(), lr=config.lr, weight_decay=0.0)
         self.checkpoint_path = self.out / f"{self.name}.ckpt"
         self.log_path = self.out / f"{self.name}.jsonl"
         if config.resume:
@@ -206,6 +209,12 @@ class Stage:
 
     def parameters(self) -> list[torch.nn.Parameter]:
         raise NotImplementedError
+
+    def param_groups(self) -> list[dict]:
+        """The optimiser's groups. A stage whose trained parts vary between runs (the adaptor's --train-unet) keeps
+        the parts every run trains in the first group and puts the optional ones after it, so a resume can carry
+        the optimiser state of the groups both runs have (carried_optimizer_state)."""
+        return [{"params": self.parameters()}]
 
     def loss(self) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
@@ -300,7 +309,7 @@ class Stage:
         state = {
             "step": self.step,
             "elapsed_s": self.elapsed(started),
-            "modules": {name: module.state_dict() for name, module in self.trainable().items()},
+            "modules": {name: module.state_dict() for name, module in self.saved_modules().items()},
             "optimizer": self.optimizer.state_dict(),
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
@@ -322,13 +331,20 @@ class Stage:
             raise SpireError(f"--resume: {self.checkpoint_path} was trained with --strength "
                              f"{' '.join(map(str, saved_strength))} (one-step); give --strength again (and "
                              "--start-noise), or the run would fall back to the diffusion loss")
-        for name, module in self.trainable().items():
-            module.load_state_dict(state["modules"][name])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_modules(state["modules"])
+        self.optimizer.load_state_dict(carried_optimizer_state(state["optimizer"], self.optimizer.state_dict()))
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
         self.elapsed_before = state["elapsed_s"]
+
+    def saved_modules(self) -> dict[str, torch.nn.Module]:
+        """What a checkpoint holds: the trained parts."""
+        return self.trainable()
+
+    def load_modules(self, saved: dict[str, dict]) -> None:
+        for name, module in self.trainable().items():
+            module.load_state_dict(saved[name])
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """(clean, y, prompts) of batch_plan() on the stage's device: from the workers when there are any, else
@@ -593,7 +609,10 @@ class AdaptorStage(LatentStage):
 
     def build(self) -> None:
         self.build_common()
-        self.unet = load_component(self.out / "unet", "unet").to(self.device)  # frozen, eval
+        # The prior: frozen unless --train-unet (a resume then loads the UNet the checkpoint trained).
+        self.unet = load_component(self.out / "unet", "unet").to(self.device)
+        self.unet.requires_grad_(self.config.train_unet)
+        self.unet_tuned = self.config.train_unet  # and so saved in the checkpoint
         self.text_encoder = load_component(self.out / "text_encoder", "text_encoder").to(self.device)
         self.text_encoder.requires_grad_(True)
         self.adaptor = init_adaptor_from_unet(self.unet).to(self.device)
@@ -602,10 +621,30 @@ class AdaptorStage(LatentStage):
         self.tracking = tracking_images()
 
     def trainable(self):
-        return {"adaptor": self.adaptor, "text_encoder": self.text_encoder}
+        parts = {"adaptor": self.adaptor, "text_encoder": self.text_encoder}
+        return {**parts, "unet": self.unet} if self.config.train_unet else parts
 
     def parameters(self):
-        return list(self.adaptor.parameters()) + list(self.text_encoder.parameters())
+        return [p for group in self.param_groups() for p in group["params"]]
+
+    def param_groups(self):
+        groups = [{"params": list(self.adaptor.parameters()) + list(self.text_encoder.parameters())}]
+        if self.config.train_unet:
+            groups.append({"params": list(self.unet.parameters())})
+        return groups
+
+    def saved_modules(self):
+        return {**self.trainable(), "unet": self.unet} if self.unet_tuned else self.trainable()
+
+    def load_modules(self, saved):
+        """As every stage, plus the UNet: once a run has tuned it (--train-unet), every later checkpoint of the run
+        holds it, and it is the UNet the model is made with, trained further or not. Until then RUN/unet's."""
+        for name, module in self.trainable().items():
+            if name != "unet":
+                module.load_state_dict(saved[name])
+        if "unet" in saved:
+            self.unet.load_state_dict(saved["unet"])
+            self.unet_tuned = True
 
     def batch_plan(self) -> BatchPlan:
         return BatchPlan(self.config.batch, self.config.crop, degraded=self.config.batch,
@@ -731,9 +770,30 @@ class AdaptorStage(LatentStage):
                     values.append(psnr(clean[:h, :w], restored[:h, :w]) - psnr(clean, upsampled))
                 gains[family] = round(float(np.mean(values)), 3)
             results["gain_db_" + "_".join(f"{k}{v:g}" for k, v in options.items())] = gains
-        self.adaptor.requires_grad_(True)
-        self.text_encoder.requires_grad_(True)
+        for module in self.trainable().values():
+            module.requires_grad_(True)
         return results
+
+
+def carried_optimizer_state(saved: dict, current: dict) -> dict:
+    """The optimiser state to load on a resume: `saved`'s groups that this run also has (the first ones, see
+    Stage.param_groups), then this run's extra groups, fresh. A saved group this run does not train is dropped."""
+    kept = saved["param_groups"][: len(current["param_groups"])]
+    for saved_group, group in zip(kept, current["param_groups"]):
+        if len(saved_group["params"]) != len(group["params"]):
+            raise SpireError(f"--resume: the checkpoint's optimiser has {len(saved_group['params'])} parameters "
+                             f"in a group where this run has {len(group['params'])}: not the same networks")
+    kept_ids = {index for group in kept for index in group["params"]}
+    extra = current["param_groups"][len(kept):]
+    # Saved parameter ids run 0.. in group order, so the kept groups hold the first ids; the extra groups follow.
+    first_free = len(kept_ids)
+    renumbered = []
+    for group in extra:
+        count = len(group["params"])
+        renumbered.append({**group, "params": list(range(first_free, first_free + count))})
+        first_free += count
+    state = {index: value for index, value in saved["state"].items() if index in kept_ids}
+    return {"state": state, "param_groups": [*kept, *renumbered]}
 
 
 def tracking_images(size: int = 128) -> dict[str, list[tuple]]:

@@ -633,3 +633,88 @@ def test_bad_precision_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--stage", "vae", "--out", str(tmp_path / "cli"), "--steps", "1", "--precision", "fp16"])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
+    one, other = first.state_dict(), second.state_dict()
+    return one.keys() == other.keys() and all(torch.equal(one[k], other[k]) for k in one)
+
+
+def test_train_unet_tunes_the_unet_and_leaves_the_prior(run_folder, tmp_path):
+    """--train-unet: the one-step leg trains the UNet with the adaptor. RUN/model gets the tuned UNet while RUN/unet
+    (the prior) stays; the checkpoint holds it, so a resume without the option keeps it (frozen, and checkpointed
+    again) and a resume with it trains it on. Without the option the UNet is never touched."""
+    from spire_rt.models.spire_model import load_component
+
+    copy_adaptor_inputs(run_folder[0], tmp_path)
+    one_step = {"strength": (0.1, 0.3), "start_noise": 0.0}
+    prior = load_component(tmp_path / "unet", "unet")
+    stage = make_stage(config(tmp_path, "adaptor", steps=12, train_unet=True, **one_step), recipe.AdaptorStage)
+    before = held_loss(stage)
+    stage.train()
+    assert held_loss(stage) < before
+    tuned = load_model(tmp_path / "model").unet
+    assert not same_weights(tuned, prior)
+    assert same_weights(load_component(tmp_path / "unet", "unet"), prior)
+    state = torch.load(tmp_path / "adaptor.ckpt", weights_only=False)
+    assert "unet" in state["modules"] and len(state["optimizer"]["param_groups"]) == 2
+
+    recipe.run_stage(config(tmp_path, "adaptor", steps=2, resume=True, **one_step), SMALL)
+    assert same_weights(load_model(tmp_path / "model").unet, tuned)
+    state = torch.load(tmp_path / "adaptor.ckpt", weights_only=False)
+    assert "unet" in state["modules"] and len(state["optimizer"]["param_groups"]) == 1
+
+    recipe.run_stage(config(tmp_path, "adaptor", steps=2, resume=True, train_unet=True, **one_step), SMALL)
+    trained_on = load_model(tmp_path / "model").unet
+    assert not same_weights(trained_on, tuned) and not same_weights(trained_on, prior)
+
+
+def test_adaptor_stage_leaves_the_unet_frozen_by_default(run_folder, tmp_path):
+    from spire_rt.models.spire_model import load_component
+
+    copy_adaptor_inputs(run_folder[0], tmp_path)
+    recipe.run_stage(config(tmp_path, "adaptor", steps=3, strength=(0.1, 0.3), start_noise=0.0), SMALL)
+    assert same_weights(load_model(tmp_path / "model").unet, load_component(tmp_path / "unet", "unet"))
+    assert "unet" not in torch.load(tmp_path / "adaptor.ckpt", weights_only=False)["modules"]
+
+
+def test_resume_carries_the_optimiser_state_of_the_groups_both_runs_train():
+    from spire_rt.errors import SpireError
+
+    always, optional = torch.nn.Linear(3, 2), torch.nn.Linear(2, 1, bias=False)
+
+    def stepped(groups):
+        optimizer = torch.optim.AdamW(groups, lr=1e-2)
+        sum(p.square().sum() for group in groups for p in group["params"]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return optimizer
+
+    one_group = stepped([{"params": list(always.parameters())}])
+    grown = torch.optim.AdamW([{"params": list(always.parameters())}, {"params": list(optional.parameters())}])
+    grown.load_state_dict(recipe.carried_optimizer_state(one_group.state_dict(), grown.state_dict()))
+    for p in always.parameters():
+        assert torch.equal(grown.state[p]["exp_avg"], one_group.state[p]["exp_avg"])
+        assert grown.state[p]["step"] == 1
+    assert all(p not in grown.state for p in optional.parameters())
+    sum(p.square().sum() for p in [*always.parameters(), *optional.parameters()]).backward()
+    grown.step()  # the fresh group starts its own moments
+    assert all(grown.state[p]["step"] == 1 for p in optional.parameters())
+    assert all(grown.state[p]["step"] == 2 for p in always.parameters())
+
+    shrunk = torch.optim.AdamW([{"params": list(always.parameters())}])
+    shrunk.load_state_dict(recipe.carried_optimizer_state(grown.state_dict(), shrunk.state_dict()))
+    assert set(shrunk.state) == set(always.parameters())
+    assert all(torch.equal(shrunk.state[p]["exp_avg"], grown.state[p]["exp_avg"]) for p in always.parameters())
+
+    other = torch.optim.AdamW([{"params": [*always.parameters(), *optional.parameters()]}])
+    with pytest.raises(SpireError, match="3 parameters in a group where this run has 2: not the same networks"):
+        shrunk.load_state_dict(recipe.carried_optimizer_state(other.state_dict(), shrunk.state_dict()))
+
+
+def test_train_unet_is_refused_outside_the_adaptor_stage(tmp_path, capsys):
+    from spire_rt.cli import main
+
+    code = main(["train", "--stage", "decoder", "--out", str(tmp_path / "cli"), "--steps", "1", "--train-unet"])
+    assert code == 2 and "--train-unet applies to the adaptor stage only" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()

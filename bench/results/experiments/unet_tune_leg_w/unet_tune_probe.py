@@ -1,8 +1,10 @@
 """Probe leg (w): the adaptor stage with the UNet trained too (same lr), before building it into the recipe."""
 import sys
+
 import torch
-from spire_rt.training import recipe
+
 from spire_rt.cli import main
+from spire_rt.training import recipe
 
 original_build = recipe.AdaptorStage.build
 
