@@ -5,8 +5,8 @@
 #
 #   bash bench/finetune_tiny_gpu.sh RUN FROM [SCALE]      # e.g. FROM=spire_rt/weights/tiny
 #
-# The legs are the CPU legs that made the shipped model (MODEL_CARD.md, legs (p) and (q)) with batches 16 and 8
-# times theirs: 128 one-step pairs, 64 decoded crops. LR (default "2e-4 2.5e-4": the adaptor's twice the CPU leg's
+# The legs are the CPU legs that made the shipped model (MODEL_CARD.md, legs (w) and (q)) with batches 16 and 8
+# times theirs: 128 one-step pairs, 64 decoded crops; the adaptor leg trains the UNet too (--train-unet), as (w). LR (default "2e-4 2.5e-4": the adaptor's twice the CPU leg's
 # 1e-4, the decoder's the CPU leg's) is a first guess, not tuned: a model that has trained for hours wants smaller
 # steps than the from-scratch chain's. MINUTES: the two legs' minutes before SCALE (default "4.0 1.2"). The model is
 # shipped after each leg (RUN/ship_adaptor, then RUN/ship), so a chain cut short still leaves one. Environment also
@@ -43,7 +43,7 @@ ship=(--default-strength "$strength" --default-ensemble "$ensemble")
 echo "$(date -u +%T) unpack: $from (preset $preset, shipped again at strength $strength, ensemble $ensemble)"
 "${spire[@]}" train --stage unpack --from "$from" --out "$run"
 stage adaptor-one-step adaptor --resume --batch 128 --crop 64 --strength 0.04 0.08 --start-noise 0 \
-    --loss-space pixel --single-rate 0.5 --rank-rate "${RANK_RATE:-0.5}" --lr "$adaptor_lr" \
+    --loss-space pixel --single-rate 0.5 --rank-rate "${RANK_RATE:-0.5}" --lr "$adaptor_lr" --train-unet \
     --minutes "$(minutes "$adaptor_min")"
 "${spire[@]}" train --stage ship --out "$run" --ship-to "$run/ship_adaptor" "${ship[@]}"
 stage decoder-landings decoder --batch 64 --crop 64 --landing-rate 0.8 --single-rate 0.5 --lr "$decoder_lr" \

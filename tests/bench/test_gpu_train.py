@@ -111,7 +111,8 @@ def test_from_carries_a_shipped_model_on_with_its_own_defaults(tmp_path):
     assert trains[0] == f"train --stage unpack --from {shipped} --out {run}"
     adaptor, decoder = trains[1], trains[3]
     for option in ("--resume", "--batch 128", "--strength 0.04 0.08", "--loss-space pixel", "--rank-rate 0.5",
-                   "--lr 2e-4", "--minutes 4.0", "--preset tiny-wide", "--workers 14", "--precision bf16"):
+                   "--lr 2e-4", "--train-unet", "--minutes 4.0", "--preset tiny-wide", "--workers 14",
+                   "--precision bf16"):
         assert option in adaptor, option
     for option in ("--batch 64", "--landing-rate 0.8", "--lr 2.5e-4", "--minutes 1.2", "--preset tiny-wide"):
         assert option in decoder, option

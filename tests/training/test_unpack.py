@@ -53,6 +53,11 @@ def test_unpacked_run_holds_the_model_and_carries_it_on(tmp_path):
         recipe.run_stage(adaptor_config(run), get_preset("tiny"))
     recipe.run_stage(adaptor_config(run, strength=(0.04, 0.08), start_noise=0.0), get_preset("tiny"))
     assert not same_tensors(load_model(run / "model").controlnet, shipped.controlnet)
+    assert same_tensors(load_model(run / "model").unet, shipped.unet)
+    # The GPU fine-tune chain's leg: the UNet trains too, the adaptor's optimiser state carried on.
+    recipe.run_stage(adaptor_config(run, strength=(0.04, 0.08), start_noise=0.0, train_unet=True),
+                     get_preset("tiny"))
+    assert not same_tensors(load_model(run / "model").unet, shipped.unet)
     recipe.run_stage(recipe.StageConfig(stage="decoder", out=run, steps=2, batch=2, crop=32, landing_rate=0.5,
                                         leaves=0, eval_minutes=0, quiet=True), get_preset("tiny"))
 
