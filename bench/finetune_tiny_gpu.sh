@@ -5,10 +5,10 @@
 #
 #   bash bench/finetune_tiny_gpu.sh RUN FROM [SCALE]      # e.g. FROM=spire_rt/weights/tiny
 #
-# The legs are the CPU legs that made the shipped model (MODEL_CARD.md, legs (w) and (q)) with batches 16 and 8
-# times theirs: 128 one-step pairs, 64 decoded crops; the adaptor leg trains the UNet too (--train-unet), as (w). LR (default "2e-4 2.5e-4": the adaptor's twice the CPU leg's
-# 1e-4, the decoder's the CPU leg's) is a first guess, not tuned: a model that has trained for hours wants smaller
-# steps than the from-scratch chain's. MINUTES: the two legs' minutes before SCALE (default "4.0 1.2"). The model is
+# The legs are the CPU legs that made the shipped model (MODEL_CARD.md, legs (y) and (z)) with batches 16 and 8
+# times theirs: 128 one-step pairs, 64 decoded crops; the adaptor leg trains the UNet too (--train-unet), as (y).
+# LR (default "2e-4 2.5e-4": the adaptor's twice the CPU leg's 1e-4, the decoder's the CPU leg's) is a first
+# guess, not tuned: a model that has trained for hours wants smaller steps than the from-scratch chain's. MINUTES: the two legs' minutes before SCALE (default "4.0 1.2"). The model is
 # shipped after each leg (RUN/ship_adaptor, then RUN/ship), so a chain cut short still leaves one. Environment also
 # as gpu_stages.sh (DEVICE, WORKERS, PRECISION, SPIRE_RT), and RANK_RATE (default 0.5, as the CPU legs).
 set -euo pipefail

@@ -609,7 +609,7 @@ class AdaptorStage(LatentStage):
 
     def build(self) -> None:
         self.build_common()
-        # The prior: frozen unless --train-unet (a resume then loads the UNet the checkpoint trained).
+        # The prior: frozen unless --train-unet. A resume loads any UNet the checkpoint holds (load_modules).
         self.unet = load_component(self.out / "unet", "unet").to(self.device)
         self.unet.requires_grad_(self.config.train_unet)
         self.unet_tuned = self.config.train_unet  # and so saved in the checkpoint
