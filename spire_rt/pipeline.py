@@ -167,11 +167,12 @@ class Restorer:
         # 5. Decode each member and flip it back; the members are averaged as images, not as latents: the
         #    latent of a flipped image is not the flipped latent (its channels carry orientation), and a latent
         #    mean of two members lost 0.8 dB on spire-tiny's validation photographs where the image mean gained
-        #    0.1.
+        #    0.1. The decoder also sees the member's y (a model with a fidelity branch reads it).
         with self.timed(timings, "decode"):
             decoded = 0
             for latent, dims in zip(latents, members):  # a running sum: one full-size image held, not N
-                decoded = decoded + flip(self.backend.run("vae_decoder", {"latent": latent})["image"], dims)
+                feeds = {"latent": latent, "y_image": flip(y_padded, dims) * 2 - 1}
+                decoded = decoded + flip(self.backend.run("vae_decoder", feeds)["image"], dims)
             decoded = decoded / len(members)
 
         # 6. Post-process: crop the padding, fix colours against y, back to the input's kind of image.

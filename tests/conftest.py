@@ -45,6 +45,16 @@ def randomize_heads(adaptor, scale: float = 0.1, seed: int = 0) -> None:
             head.bias.copy_(torch.randn(head.bias.shape, generator=generator) * scale)
 
 
+def randomize_fidelity(branch, scale: float = 0.05, seed: int = 0):
+    """Give a fidelity branch's zero-initialised heads random weights, so the degraded image steers decoding."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in branch.heads:
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * scale)
+            head.bias.copy_(torch.randn(head.bias.shape, generator=generator) * scale)
+    return branch
+
+
 @pytest.fixture()
 def photo_like():
     """A smooth 64x80 RGB image with edges: something a restorer could plausibly see."""

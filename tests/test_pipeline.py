@@ -223,3 +223,27 @@ def test_pad_to_multiple_reflects_or_repeats():
     assert torch.equal(padded[0, 0, 3], image[0, 0, 1])  # reflected row
     tiny = pad_to_multiple(torch.ones(1, 1, 1, 1), 16)
     assert tiny.shape == (1, 1, 16, 16)
+
+
+def test_fidelity_branch_sees_each_members_own_flip_of_y(image):
+    """A model whose decoder reads y (models/fidelity.py): a fresh branch restores exactly as the model without
+    one; a trained one changes the restoration, and the four-flip ensemble still commutes with flipping the input,
+    which holds only if each member's decoder sees y flipped as that member's latent is."""
+    from conftest import randomize_fidelity
+
+    from spire_rt.models import build_preset
+    from spire_rt.models.fidelity import FidelityBranch
+
+    model = build_preset("tiny")
+    restorer = Restorer(model, TorchBackend(model))
+    options = {"steps": 1, "strength": 0.3, "start_noise": 0.0, "ensemble": 4}
+    without = pixels(restorer(image, **options))
+    model.fidelity = FidelityBranch.for_vae(model.vae)
+    restorer = Restorer(model, TorchBackend(model))
+    assert np.array_equal(pixels(restorer(image, **options)), without)
+
+    randomize_fidelity(model.fidelity, scale=0.2)
+    restored = pixels(restorer(image, **options))
+    assert np.abs(restored - without).mean() > 1.0
+    upside_down = image.transpose(Image.FLIP_TOP_BOTTOM)
+    assert np.abs(pixels(restorer(upside_down, **options))[::-1] - restored).max() <= 1.0

@@ -384,7 +384,7 @@ def sample_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator,
         return 0.5 + torch.rand(shape, generator=generator)
     if name == "guidance_scale":
         return 1.0 + 7.0 * torch.rand(shape, generator=generator)
-    if name == "image":
+    if name in ("image", "y_image"):
         return torch.rand(shape, generator=generator) * 2 - 1
     if name.startswith("modulation_"):
         return torch.randn(shape, generator=generator) * 0.1
@@ -527,16 +527,21 @@ class VaeEncoderDescriptor(NetworkDescriptor):
 
 
 class VaeDecoderDescriptor(VaeEncoderDescriptor):
+    """The decoder, and the fidelity branch where the model has one (it runs in fp32 with the VAE); without one,
+    y_image is not read and torch leaves it out of the graph (the manifest's unused_inputs)."""
+
     name = "vae_decoder"
 
     def inputs(self):
-        return (TensorSpec(NETWORK_INPUTS[self.name][0], FLOAT, ("B", self.model.latent_channels, "h", "w")),)
+        latent, y_image = NETWORK_INPUTS[self.name]
+        return (TensorSpec(latent, FLOAT, ("B", self.model.latent_channels, "h", "w")),
+                TensorSpec(y_image, FLOAT, ("B", self.model.vae.config.out_channels, "H", "W")))
 
     def outputs(self):
         return (TensorSpec(NETWORK_OUTPUTS[self.name][0], FLOAT, ("B", self.model.vae.config.out_channels, "H", "W")),)
 
     def build(self, model):
-        return VaeDecoderNet(model.vae)
+        return VaeDecoderNet(model.vae, model.fidelity)
 
 
 DESCRIPTORS: dict[str, type[NetworkDescriptor]] = {

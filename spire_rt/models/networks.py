@@ -4,11 +4,13 @@
     denoiser(sample, timestep, y_latent, restore_embeddings,
              semantic_embeddings, adaptor_strength, guidance_scale) -> model_output
     vae_encoder(image)                                        -> latent
-    vae_decoder(latent)                                       -> image
+    vae_decoder(latent, y_image)                              -> image
 
 The denoiser is one guided sampling step: the adaptor runs once at batch B and its gamma/beta are shared by both
 guidance branches of the UNet at batch 2B (SPIRE.md "Guidance on the semantic prompt"). Its unguided variant runs
 everything at batch B. Images are in [-1, 1]; latents are already multiplied by the VAE's scaling factor.
+The decoder's y_image is the degraded image at the output size: a model with a fidelity branch (fidelity.py)
+reads it, any other ignores it (and its exported graph has no such input).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 from transformers import CLIPTextModel
 
 from .adaptor import SpireAdaptor
+from .fidelity import FidelityBranch, decode
 from .modulated_unet import modulate, unet_forward_modulated
 
 # Each network's input and output names, in call order: the one place the backends and exporters read them.
@@ -27,7 +30,7 @@ NETWORK_INPUTS = {
     "denoiser": ("sample", "timestep", "y_latent", "restore_embeddings", "semantic_embeddings",
                  "adaptor_strength", "guidance_scale"),
     "vae_encoder": ("image",),
-    "vae_decoder": ("latent",),
+    "vae_decoder": ("latent", "y_image"),
 }
 NETWORK_INPUTS["denoiser_guided"] = NETWORK_INPUTS["denoiser"]
 NETWORK_OUTPUTS = {
@@ -111,12 +114,14 @@ class VaeEncoderNet(nn.Module):
 
 
 class VaeDecoderNet(nn.Module):
-    def __init__(self, vae: AutoencoderKL):
+    """Scaled latent -> image in [-1, 1]; with a fidelity branch, steered by the degraded image y_image."""
+
+    def __init__(self, vae: AutoencoderKL, fidelity: FidelityBranch | None = None):
         super().__init__()
         self.vae = vae
+        self.fidelity = fidelity
 
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        latent = latent / self.vae.config.scaling_factor
-        if self.vae.post_quant_conv is not None:
-            latent = self.vae.post_quant_conv(latent)
-        return self.vae.decoder(latent)
+    def forward(self, latent: torch.Tensor, y_image: torch.Tensor | None = None) -> torch.Tensor:
+        if self.fidelity is not None and y_image is None:
+            raise ValueError("this model's decoder has a fidelity branch: it needs y_image, the degraded image")
+        return decode(self.vae, latent / self.vae.config.scaling_factor, self.fidelity, y_image)

@@ -1,6 +1,6 @@
 """A SPIRE model's parts, how a preset builds them, and how they load from and save to diffusers-style folders.
 
-    SPIRE folder:   spire.json  unet/  controlnet/  vae/  text_encoder/  tokenizer/  scheduler/
+    SPIRE folder:   spire.json  unet/  controlnet/  vae/  text_encoder/  tokenizer/  scheduler/  [fidelity/]
     base + adaptor: a Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
                     scheduler/) plus an adaptor folder (controlnet/ inside it, or the controlnet folder itself)
 
@@ -22,6 +22,7 @@ from .. import __version__
 from ..errors import ModelLoadError, OptionError
 from ..staging import staged_folder
 from .adaptor import SpireAdaptor, check_supported_unet, init_adaptor_from_unet
+from .fidelity import FidelityBranch, check_fits
 from .networks import DenoiserNet, TextEncoderNet, VaeDecoderNet, VaeEncoderNet
 from .presets import PRESETS, get_preset
 from .tokenizer import MAX_LENGTH, build_grammar_tokenizer
@@ -40,6 +41,7 @@ REQUIRED_FILES = {
     "text_encoder": ("config.json", "model.safetensors"),
     "tokenizer": ("vocab.json", "merges.txt"),  # tokenizer.json alone also loads: see load_component
     "scheduler": ("scheduler_config.json",),
+    "fidelity": ("config.json", "diffusion_pytorch_model.safetensors"),
 }
 
 
@@ -57,6 +59,8 @@ class SpireModel:
     # The restoration options this model was trained for (e.g. one step at strength 0.2); a caller's own
     # options win, and RestoreOptions supplies the rest.
     restore_defaults: dict = field(default_factory=dict)
+    # The decoder's optional fidelity branch (fidelity.py): present when the folder has fidelity/.
+    fidelity: FidelityBranch | None = None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -82,11 +86,14 @@ class SpireModel:
             "denoiser": DenoiserNet(self.unet, self.controlnet, guided=False),
             "denoiser_guided": DenoiserNet(self.unet, self.controlnet, guided=True),
             "vae_encoder": VaeEncoderNet(self.vae),
-            "vae_decoder": VaeDecoderNet(self.vae),
+            "vae_decoder": VaeDecoderNet(self.vae, self.fidelity),
         }
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"unet": self.unet, "controlnet": self.controlnet, "vae": self.vae, "text_encoder": self.text_encoder}
+        modules = {"unet": self.unet, "controlnet": self.controlnet, "vae": self.vae, "text_encoder": self.text_encoder}
+        if self.fidelity is not None:
+            modules["fidelity"] = self.fidelity
+        return modules
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Write a whole SPIRE folder. Written beside the target first, so an interrupted save leaves nothing."""
@@ -164,7 +171,20 @@ def load_folder(folder: Path) -> SpireModel:
     controlnet = load_component(folder / "controlnet", "controlnet")
     return SpireModel(controlnet=controlnet, name=info.get("name", folder.name),
                       text_layer=info.get("text_layer", "last"), trained=bool(info.get("trained", True)),
-                      restore_defaults=checked_restore_defaults(info.get("restore_defaults", {}), folder), **parts)
+                      restore_defaults=checked_restore_defaults(info.get("restore_defaults", {}), folder),
+                      fidelity=load_fidelity(folder, parts["vae"]), **parts)
+
+
+def load_fidelity(folder: Path, vae: AutoencoderKL) -> FidelityBranch | None:
+    """The folder's fidelity/ branch, checked against its VAE, or None where it has none."""
+    if not (folder / "fidelity").exists():
+        return None
+    branch = load_component(folder / "fidelity", "fidelity")
+    try:
+        check_fits(branch, vae)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{folder / 'fidelity'}: {error}") from None
+    return branch
 
 
 def load_base_with_adaptor(base: Path, adaptor: Path) -> SpireModel:
@@ -174,7 +194,8 @@ def load_base_with_adaptor(base: Path, adaptor: Path) -> SpireModel:
     info = read_json(adaptor / SPIRE_FILE) if (adaptor / SPIRE_FILE).exists() else {}
     return SpireModel(controlnet=controlnet, name=info.get("name", adaptor.name),
                       text_layer=info.get("text_layer", "last"), trained=True,
-                      restore_defaults=checked_restore_defaults(info.get("restore_defaults", {}), adaptor), **parts)
+                      restore_defaults=checked_restore_defaults(info.get("restore_defaults", {}), adaptor),
+                      fidelity=load_fidelity(adaptor, parts["vae"]), **parts)
 
 
 def checked_restore_defaults(defaults, where: Path) -> dict:
@@ -212,6 +233,7 @@ LOADERS = {
     "vae": AutoencoderKL.from_pretrained,
     "text_encoder": CLIPTextModel.from_pretrained,
     "tokenizer": CLIPTokenizer.from_pretrained,
+    "fidelity": FidelityBranch.from_pretrained,
 }
 
 

@@ -19,7 +19,7 @@ def register(commands) -> None:
     parser.add_argument("--stage", required=True, choices=(UNPACK_STAGE, *STAGES, SHIP_STAGE),
                         help="vae, then prior, then adaptor (each reads the folders the previous one wrote "
                              "in --out); decoder refines the VAE decoder alone; ship writes OUT/model, with "
-                             "OUT/vae's decoder, as fp16 into --ship-to; unpack makes a shipped model (--from) "
+                             "OUT/vae's decoder and OUT/fidelity, as fp16 into --ship-to; unpack makes a shipped model (--from) "
                              "into a new run folder that the adaptor (--resume) and decoder stages carry on")
     parser.add_argument("--out", required=True, help="run folder shared by the stages")
     parser.add_argument("--from", dest="source", metavar="MODEL",
@@ -68,6 +68,10 @@ def register(commands) -> None:
     parser.add_argument("--landing-rate", type=float, default=0.0,
                         help="decoder: share of each batch decoded from OUT/model's own restorations of degraded "
                              "pairs (its default sampling) instead of clean latents (default 0; see the recipe)")
+    parser.add_argument("--fidelity", action="store_true",
+                        help="decoder, with --landing-rate 1: train a fidelity branch (OUT/fidelity) with the "
+                             "decoder, so the degraded image itself steers decoding (StableSR-style; once OUT/fidelity "
+                             "exists, every stage decodes through it)")
     parser.add_argument("--default-strength", type=float,
                         help="ship: the SDEdit strength to record as the model's default (chosen on validation "
                              "images; otherwise the adaptor stage's middle of --strength)")
@@ -116,9 +120,9 @@ def run_train(args) -> int:
                                  f"got {args.default_ensemble}")
             defaults["ensemble"] = args.default_ensemble
         # RUN/vae holds the decoder stage's refinement when it ran after (or beside) the adaptor.
-        vae = Path(args.out) / "vae"
+        vae, fidelity = Path(args.out) / "vae", Path(args.out) / "fidelity"
         target = ship_fp16(Path(args.out) / "model", Path(args.ship_to), vae=vae if vae.is_dir() else None,
-                           restore_defaults=defaults or None)
+                           restore_defaults=defaults or None, fidelity=fidelity if fidelity.is_dir() else None)
         print(f"shipped {Path(args.out) / 'model'} -> {target}")
         return 0
     config = StageConfig(stage=args.stage, out=Path(args.out), steps=args.steps, minutes=args.minutes,
@@ -130,7 +134,7 @@ def run_train(args) -> int:
                          single_rate=args.single_rate, loss_space=args.loss_space,
                          landing_rate=args.landing_rate, rank_rate=args.rank_rate,
                          precision=args.precision, rgb_permute=args.rgb_permute,
-                         train_unet=args.train_unet)
+                         train_unet=args.train_unet, fidelity=args.fidelity)
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))
     return 0

@@ -6,6 +6,9 @@
              With --landing-rate R (after the adaptor) that share of each batch is RUN/model's own restorations:
              the latents its default sampling lands on from degraded pairs, decoded against the clean crops, so
              the last network a restoration passes through learns what the one-step landing leaves undone.
+             With --fidelity (and --landing-rate 1) a fidelity branch (models/fidelity.py) learns beside it:
+             the degraded image itself steers the decoder                                  -> RUN/fidelity/
+             Once RUN/fidelity exists every stage decodes through it, as the runtime does.
     prior    the UNet, unconditional (semantic prompt always ""), v-prediction on latents -> RUN/unet/, RUN/text_encoder/
     adaptor  VAE and UNet frozen; the modulated adaptor and the text encoder learn the restoration prompt
              on pairs from spire_rt.degrade (20% "Remove all degradation")               -> RUN/model/ (a SPIRE folder)
@@ -47,6 +50,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..errors import SpireError
 from ..models.adaptor import init_adaptor_from_unet
+from ..models.fidelity import FidelityBranch, check_fits
 from ..models.modulated_unet import unet_forward_modulated
 from ..models.networks import TextEncoderNet, VaeDecoderNet, VaeEncoderNet
 from ..models.presets import Preset, get_preset
@@ -90,6 +94,7 @@ class StageConfig:
     precision: str = "fp32"  # "bf16": the forward passes under bfloat16 autocast (weights, optimiser, loss in fp32)
     rgb_permute: float = 0.0  # share of training crops drawn in another RGB order (data.RGB_ORDERS)
     train_unet: bool = False  # adaptor: train the UNet's weights too (a restoration-tuned prior; RUN/unet stays)
+    fidelity: bool = False  # decoder: train a fidelity branch (RUN/fidelity) with the decoder
     extra: dict = field(default_factory=dict)
 
 
@@ -145,6 +150,10 @@ def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
         raise SpireError(f"--single-rate must be in [0, 1], got {config.single_rate}")
     if config.train_unet and config.stage != "adaptor":
         raise SpireError("--train-unet applies to the adaptor stage only")
+    if config.fidelity and config.stage != "decoder":
+        raise SpireError("--fidelity applies to the decoder stage only")
+    if config.fidelity and config.landing_rate != 1:
+        raise SpireError(fidelity_needs_landings(config.out / "fidelity"))
     if config.landing_rate and config.stage != "decoder":
         raise SpireError("--landing-rate applies to the decoder stage only")
     if not 0 <= config.landing_rate <= 1:
@@ -400,6 +409,9 @@ class DecoderStage(VaeStage):
     With --landing-rate R, R of each batch is decoded from RUN/model's restorations of degraded pairs (Landings)
     instead of from the clean crops' latents, and every pair is scored by the log of its error (the mean PSNR,
     as the one-step adaptor is). The adaptor and UNet are not touched: only how their result becomes pixels.
+    With a fidelity branch (--fidelity trains one, RUN/fidelity holds it) the decoder reads each pair's degraded
+    image too, and every pair must be a landing: a clean crop handed in as its own degraded image teaches the
+    branch to copy its input, which the log loss rewards without bound (tried: the restorations got worse).
     """
 
     name = "decoder"
@@ -410,7 +422,12 @@ class DecoderStage(VaeStage):
         self.decoder_parts = [self.vae.decoder, self.vae.post_quant_conv]
         for part in self.decoder_parts:
             part.requires_grad_(True)
-        self.encoder, self.decoder = VaeEncoderNet(self.vae), VaeDecoderNet(self.vae)
+        self.fidelity = run_fidelity(self.out, self.vae, create=self.config.fidelity)
+        if self.fidelity is not None:
+            self.fidelity.to(self.device).requires_grad_(self.config.fidelity)
+            if self.config.landing_rate != 1:
+                raise SpireError(fidelity_needs_landings(self.out / "fidelity"))
+        self.encoder, self.decoder = VaeEncoderNet(self.vae), VaeDecoderNet(self.vae, self.fidelity)
         self.landings = None
         if self.config.landing_rate:
             model_folder = self.out / "model"
@@ -421,8 +438,28 @@ class DecoderStage(VaeStage):
             check_same_encoder(self.out / "vae", model_folder / "vae")
             self.landings = Landings(load_model(model_folder), self.device)
 
+    def trainable(self):
+        return {"vae": self.vae, "fidelity": self.fidelity} if self.config.fidelity else {"vae": self.vae}
+
     def parameters(self):
-        return [p for part in self.decoder_parts for p in part.parameters()]
+        return [p for group in self.param_groups() for p in group["params"]]
+
+    def param_groups(self):
+        groups = [{"params": [p for part in self.decoder_parts for p in part.parameters()]}]
+        if self.config.fidelity:
+            groups.append({"params": list(self.fidelity.parameters())})
+        return groups
+
+    def saved_modules(self):
+        return {"vae": self.vae, "fidelity": self.fidelity} if self.fidelity is not None else {"vae": self.vae}
+
+    def load_modules(self, saved):
+        self.vae.load_state_dict(saved["vae"])
+        if "fidelity" in saved:
+            if self.fidelity is None:
+                raise SpireError(f"--resume: {self.checkpoint_path} holds a fidelity branch, but "
+                                 f"{self.out / 'fidelity'} is gone")
+            self.fidelity.load_state_dict(saved["fidelity"])
 
     def batch_plan(self) -> BatchPlan:
         landed = round(self.config.landing_rate * self.config.batch) if self.landings is not None else 0
@@ -442,7 +479,8 @@ class DecoderStage(VaeStage):
         if landed < clean.shape[0]:
             with torch.no_grad():
                 latents.append(self.encoder(clean[landed:] * 2 - 1))
-        decoded = self.decoder(torch.cat(latents)).float()  # the loss in fp32 under --precision bf16
+        y_image = y * 2 - 1 if self.fidelity is not None else None  # every pair landed (build)
+        decoded = self.decoder(torch.cat(latents), y_image).float()  # the loss in fp32 under --precision bf16
         per_pair = (decoded - (clean * 2 - 1)).pow(2).mean(dim=(1, 2, 3))
         metrics = {"landed_mse": per_pair[:landed].mean().item()} if landed else {}
         return torch.log(per_pair + LOG_MSE_FLOOR).mean(), metrics
@@ -450,6 +488,8 @@ class DecoderStage(VaeStage):
     def export(self) -> None:
         """Same config (and scaling factor) as the VAE it started from: only decoder weights change."""
         save_folder(self.vae, self.out / "vae")
+        if self.config.fidelity:
+            save_folder(self.fidelity, self.out / "fidelity")
 
     def evaluate(self) -> dict:
         """Reconstruction PSNR of the held-out 256x256 centre crops (the eval benchmark's images)."""
@@ -514,6 +554,21 @@ class Landings:
         return SAMPLERS[opts.sampler](denoise, start, self.timesteps, self.schedule)
 
 
+def run_fidelity(run: Path, vae: AutoencoderKL, create: bool = False) -> FidelityBranch | None:
+    """RUN/fidelity (checked against the VAE), a fresh branch when `create` and there is none, else None."""
+    folder = run / "fidelity"
+    if folder.exists():
+        branch = load_component(folder, "fidelity")
+        check_fits(branch, vae)
+        return branch
+    return FidelityBranch.for_vae(vae) if create else None
+
+
+def fidelity_needs_landings(folder: Path) -> str:
+    return (f"the decoder stage with a fidelity branch (--fidelity, or {folder}) needs --landing-rate 1: every pair "
+            "a restoration, none a clean crop standing in as its own degraded image")
+
+
 def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """L1 + 0.5 L1 of image gradients (images in [-1, 1]), with the batch PSNR for the log."""
     reconstruction, x = reconstruction.float(), x.float()  # fp32 under --precision bf16 too
@@ -540,7 +595,11 @@ class LatentStage(Stage):
     def build_common(self) -> None:
         self.vae = load_component(self.out / "vae", "vae").to(self.device)
         self.vae_encoder = VaeEncoderNet(self.vae)
-        self.vae_decoder = VaeDecoderNet(self.vae)
+        # The decoder as the runtime runs it: through RUN/fidelity when the decoder stage has trained one.
+        self.fidelity = run_fidelity(self.out, self.vae)
+        if self.fidelity is not None:
+            self.fidelity.to(self.device)
+        self.vae_decoder = VaeDecoderNet(self.vae, self.fidelity)
         self.tokenizer = build_grammar_tokenizer()
         self.tokenizer.model_max_length = min(MAX_LENGTH, self.preset.tokenizer_max_length)
         self.schedule = NoiseSchedule.from_config(self.preset.scheduler)
@@ -664,13 +723,13 @@ class AdaptorStage(LatentStage):
         if self.config.strength is None:
             return F.mse_loss(prediction.float(), v.float()), {}
         landed = self.schedule.predict_x0(z_t, prediction, t)  # where the one sampler step lands
-        error = self.landing_error(landed, clean).float()
+        error = self.landing_error(landed, clean, y).float()
         # The log of each pair's error, averaged: the mean PSNR, which is what eval scores. A plain MSE lets the
         # heavily noised pairs (large errors) drown out blur and JPEG, whose errors are small.
         per_pair = error.pow(2).mean(dim=(1, 2, 3))
         loss, metrics = torch.log(per_pair + LOG_MSE_FLOOR).mean(), {"mse": per_pair.mean().item()}
         if self.config.rank_rate:
-            penalty, ranked = self.rank_penalty(z_t, t, y_latent, prompts, landed)
+            penalty, ranked = self.rank_penalty(z_t, t, y, y_latent, prompts, landed)
             loss = loss + penalty
             metrics.update(rank_penalty=penalty.item(), ranked=ranked)
         return loss, metrics
@@ -683,8 +742,8 @@ class AdaptorStage(LatentStage):
         modulations = self.adaptor(z_t, t, y_latent, restore)
         return unet_forward_modulated(self.unet, z_t, t, semantic, modulations, self.strength)
 
-    def rank_penalty(self, z_t: torch.Tensor, t: torch.Tensor, y_latent: torch.Tensor, prompts: list[str],
-                     landed: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def rank_penalty(self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, y_latent: torch.Tensor,
+                     prompts: list[str], landed: torch.Tensor) -> tuple[torch.Tensor, int]:
         """--rank-rate: restore that share of the pairs again, from the same start, with a noise or blur sigma
         raised (ranking.raised_prompt), and hinge on the order of the two outputs' detail (ranking.rank_hinge).
         Returns the hinge summed over the ranked pairs and divided by the batch, and how many were ranked."""
@@ -702,24 +761,24 @@ class AdaptorStage(LatentStage):
         prediction = self.predict(z_picked, t_picked, y_latent[index], [r.text for r in raised])
         landed_raised = self.schedule.predict_x0(z_picked, prediction, t_picked)
         with torch.no_grad():  # the truthful restoration is the fixed point of the order; only the raised one moves
-            stated_image = self.decoded(landed[index])
-        raised_image = self.decoded(landed_raised)
+            stated_image = self.decoded(landed[index], y[index])
+        raised_image = self.decoded(landed_raised, y[index])
         with torch.autocast(self.device.type, enabled=False):  # fp32 under bf16: the 5% margin is a few bf16 steps
             stated, energy = high_frequency_energy(stated_image.float()), high_frequency_energy(raised_image.float())
         sign = torch.tensor([r.sign for r in raised], dtype=energy.dtype, device=self.device)
         return rank_hinge(stated, energy, sign).sum() / len(prompts), len(picked)
 
-    def decoded(self, latent: torch.Tensor) -> torch.Tensor:
-        """The image in [0, 1] the frozen decoder makes of a latent, as the pipeline decodes it."""
-        return (self.vae_decoder(latent) + 1) / 2
+    def decoded(self, latent: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The image in [0, 1] the frozen decoder makes of a latent restored from y, as the pipeline decodes it."""
+        return (self.vae_decoder(latent, y * 2 - 1) + 1) / 2
 
-    def landing_error(self, landed: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    def landing_error(self, landed: torch.Tensor, clean: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """How far the one step landed from the clean crop, in the space --loss-space names (each space encodes
         or decodes only what it needs: the pixel loss skips encoding the clean crop)."""
         if self.config.loss_space == "pixel":
             # Through the frozen decoder, as the pipeline decodes: the latent error weights every latent channel
             # and position alike, which the decoder (and so eval's pixel PSNR) need not.
-            return self.vae_decoder(landed) - (clean * 2 - 1)
+            return self.vae_decoder(landed, y * 2 - 1) - (clean * 2 - 1)
         return landed - self.latents(clean)
 
     def one_step_timesteps(self, batch: int) -> torch.Tensor:
@@ -740,7 +799,7 @@ class AdaptorStage(LatentStage):
         return SpireModel(unet=self.unet, controlnet=self.adaptor, vae=self.vae, text_encoder=self.text_encoder,
                           tokenizer=self.tokenizer, scheduler_config=dict(self.preset.scheduler),
                           name=self.preset.name, text_layer=self.preset.text_layer, trained=True,
-                          restore_defaults=self.restore_defaults())
+                          restore_defaults=self.restore_defaults(), fidelity=self.fidelity)
 
     def restore_defaults(self) -> dict:
         """What the runtime should run by default: one step at the middle of the trained strengths."""

@@ -17,11 +17,13 @@ from ..models.spire_model import SPIRE_FILE, checked_restore_defaults, write_jso
 from ..staging import staged_folder
 
 
-def ship_fp16(source: Path, target: Path, vae: Path | None = None, restore_defaults: dict | None = None) -> Path:
+def ship_fp16(source: Path, target: Path, vae: Path | None = None, restore_defaults: dict | None = None,
+              fidelity: Path | None = None) -> Path:
     """Copy the SPIRE folder `source` to `target` (replacing it, keeping any MODEL_CARD.md) with fp16 weights.
 
     `vae`: a VAE folder to ship instead of source's own, e.g. RUN/vae after the decoder stage refined it while
     the adaptor trained. Its encoder must be the one the adaptor learned from, or the latents would not match.
+    `fidelity`: a fidelity branch folder (RUN/fidelity) to ship with it, trained with that decoder.
     `restore_defaults`: options to record over the adaptor stage's own (e.g. a strength chosen on validation
     images).
     """
@@ -37,6 +39,9 @@ def ship_fp16(source: Path, target: Path, vae: Path | None = None, restore_defau
         if vae is not None:
             shutil.rmtree(staging / "vae")
             shutil.copytree(vae, staging / "vae")
+        if fidelity is not None:
+            shutil.rmtree(staging / "fidelity", ignore_errors=True)
+            shutil.copytree(fidelity, staging / "fidelity")
         if restore_defaults:
             info = json.loads((staging / SPIRE_FILE).read_text(encoding="utf-8"))
             merged = {**info.get("restore_defaults", {}), **restore_defaults}

@@ -3,7 +3,7 @@
 Shipping (ship.py) keeps fp16 weights only, and the run folder a model came from (fp32 weights, optimiser state)
 rarely outlives the machine that trained it. Unpacking writes what the adaptor and decoder stages read:
 
-    RUN/vae, RUN/unet, RUN/text_encoder   the model's parts, fp32
+    RUN/vae, RUN/unet, RUN/text_encoder   the model's parts, fp32 (and RUN/fidelity, where it has a branch)
     RUN/adaptor.ckpt, RUN/model           its adaptor at step 0, with a fresh optimiser
 
 so `--stage adaptor --resume --strength LO HI` and `--stage decoder` continue the model instead of starting over
@@ -22,7 +22,7 @@ from ..models.presets import PRESETS
 from ..models.spire_model import load_model, shipped_folder
 
 # What a run folder holds once any stage has written to it: unpacking never writes over a run.
-RUN_CONTENTS = ("vae", "unet", "text_encoder", "model", "vae.ckpt", "prior.ckpt", "adaptor.ckpt", "decoder.ckpt")
+RUN_CONTENTS = ("vae", "unet", "text_encoder", "fidelity", "model", "vae.ckpt", "prior.ckpt", "adaptor.ckpt", "decoder.ckpt")
 
 
 def unpack_model(source: str | Path, run: Path) -> str:
@@ -44,8 +44,9 @@ def unpack_model(source: str | Path, run: Path) -> str:
     if not model.trained:
         raise SpireError(f"--stage unpack: {source} holds untrained weights; train it from scratch instead")
     run.mkdir(parents=True, exist_ok=True)
-    for part in ("vae", "unet", "text_encoder"):
-        getattr(model, part).to(torch.float32).save_pretrained(run / part, safe_serialization=True)
+    for part in ("vae", "unet", "text_encoder", "fidelity"):
+        if getattr(model, part) is not None:
+            getattr(model, part).to(torch.float32).save_pretrained(run / part, safe_serialization=True)
     # A one-step model's checkpoint records its strength, so that a resume without --strength is refused
     # instead of falling back to the diffusion loss.
     defaults = model.restore_defaults

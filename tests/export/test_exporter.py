@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import randomize_fidelity
 from onnx import TensorProto, helper, numpy_helper
 
 from spire_rt.backends.onnxruntime_backend import create_session
@@ -57,6 +58,7 @@ def test_manifest_records_key_files_and_descriptors(tiny_onnx):
         assert entry["descriptor"]["fp32_islands"] == "none (fp32 graph)"
     assert manifest["artifacts"]["denoiser"]["unused_inputs"] == ["guidance_scale"]
     assert manifest["artifacts"]["denoiser_guided"]["unused_inputs"] == []
+    assert manifest["artifacts"]["vae_decoder"]["unused_inputs"] == ["y_image"]  # no fidelity branch to read it
 
 
 @pytest.fixture()
@@ -184,6 +186,27 @@ def test_fp16_graph_keeps_attention_softmax_in_fp32(tiny_onnx, tmp_path):
     entry = artifacts.entry("unet")
     assert "softmax" in entry["descriptor"]["fp32_islands"] and entry["graph_dtype"] == "float16"
     assert "whole network" in artifacts.entry("vae_decoder")["descriptor"]["fp32_islands"]
+
+
+def test_fidelity_decoder_graph_reads_y_image(tmp_path):
+    """With a fidelity branch the decoder graph takes the degraded image and matches PyTorch at two sizes, and the
+    branch is part of the cache key."""
+    from spire_rt.models import build_preset
+    from spire_rt.models.fidelity import FidelityBranch
+
+    model = build_preset("tiny")
+    plain_key = ArtifactKey.for_model(model, "fp32", ShapeProfile.dynamic(16, 64, (32, 32)))
+    model.fidelity = randomize_fidelity(FidelityBranch.for_vae(model.vae))
+    key = ArtifactKey.for_model(model, "fp32", ShapeProfile.dynamic(16, 64, (32, 32)))
+    assert key.model_hash != plain_key.model_hash
+    artifacts = Artifacts(tmp_path / "fidelity", key)
+    ensure_exported(model, artifacts, ["vae_decoder"], report=quiet)
+    results = check_artifacts(model, artifacts, ["vae_decoder"], seed=3, report=quiet)
+    require_passed(results)
+    assert max(result.rel for result in results) < 1e-4
+    assert artifacts.entry("vae_decoder")["unused_inputs"] == []
+    graph = onnx.load(str(artifacts.onnx_path("vae_decoder"))).graph
+    assert [value.name for value in graph.input] == ["latent", "y_image"]
 
 
 def test_model_hash_ignores_config_bookkeeping():

@@ -185,11 +185,11 @@ def test_pixel_loss_scores_the_decoded_landing(run_folder, tmp_path):
     z0 = stage.latents(clean)
     landed = z0 + 0.3 * torch.randn_like(z0)
     with torch.no_grad():
-        error = stage.landing_error(landed, clean)
+        error = stage.landing_error(landed, clean, torch.rand(2, 3, 16, 16))
         decoded = stage.vae.decode(landed / stage.vae.config.scaling_factor).sample
     torch.testing.assert_close(error, decoded - (clean * 2 - 1))
     latent_stage = make_stage(config(tmp_path, "adaptor", strength=(0.1, 0.3), start_noise=0.0), recipe.AdaptorStage)
-    torch.testing.assert_close(latent_stage.landing_error(landed, clean), landed - z0)
+    torch.testing.assert_close(latent_stage.landing_error(landed, clean, clean), landed - z0)
     before = held_loss(stage)
     stage.train()
     assert held_loss(stage) < before
@@ -209,9 +209,10 @@ def test_rank_penalty_hinges_the_raised_restoration_against_the_stated_one(run_f
             head.weight.normal_(0, 0.1)
     prompts = [BLIND_PROMPT, "Denoise with sigma 0.10", "Dejpeg with quality 40", "Deblur with sigma 2.0"]
     z_t, y_latent, t = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8), torch.full((4,), 199)
+    y = torch.rand(4, 3, 16, 16)
     landed = stage.schedule.predict_x0(z_t, stage.predict(z_t, t, y_latent, prompts), t)
     stage.rng = np.random.default_rng(5)
-    penalty, ranked = stage.rank_penalty(z_t, t, y_latent, prompts, landed)
+    penalty, ranked = stage.rank_penalty(z_t, t, y, y_latent, prompts, landed)
     assert ranked == 2 and penalty.item() > 0
 
     rng = np.random.default_rng(5)  # the stage's draws, replayed: one coin and one raise per rankable prompt
@@ -232,7 +233,7 @@ def test_rank_penalty_hinges_the_raised_restoration_against_the_stated_one(run_f
     penalty.backward()
     assert landed.grad is None or not landed.grad.abs().sum()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stage.adaptor.skip_heads.parameters())
-    none, zero = stage.rank_penalty(z_t, t, y_latent, [BLIND_PROMPT] * 4, landed.detach())
+    none, zero = stage.rank_penalty(z_t, t, y, y_latent, [BLIND_PROMPT] * 4, landed.detach())
     assert zero == 0 and none.item() == 0
 
 
@@ -529,6 +530,87 @@ def test_bad_landing_rate_is_refused(run_folder, tmp_path, stage, rate, message)
     shutil.copytree(run_folder[0] / "vae", tmp_path / "vae")
     with pytest.raises(SpireError, match=message):
         recipe.run_stage(config(tmp_path, stage, landing_rate=rate), SMALL)
+
+
+def test_decoder_stage_trains_a_fidelity_branch(run_folder, tmp_path):
+    """--fidelity: a fresh branch (so the first step decodes as the decoder alone did) learns with the decoder from
+    landings and each pair's degraded image; RUN/fidelity holds it, a resume keeps it (frozen without the option),
+    and the adaptor stage's pixel loss then decodes through it, as the runtime does."""
+    from spire_rt.models.networks import VaeDecoderNet
+    from spire_rt.models.spire_model import load_component
+
+    copy_decoder_inputs(run_folder[0], tmp_path)
+    stage = make_stage(config(tmp_path, "decoder", steps=60, lr=1e-3, landing_rate=1.0, single_rate=0.5,
+                              fidelity=True), recipe.DecoderStage)
+    assert not any(head.weight.abs().sum() for head in stage.fidelity.heads)
+    before = held_loss(stage)
+    stage.train()
+    assert held_loss(stage) < before
+    branch = load_component(tmp_path / "fidelity", "fidelity")
+    assert all(head.weight.abs().sum() > 0 for head in branch.heads)
+    assert len(stage.optimizer.param_groups) == 2  # decoder, then branch: a resume carries each group's state
+
+    frozen = make_stage(config(tmp_path, "decoder", steps=3, landing_rate=1.0, resume=True), recipe.DecoderStage)
+    assert frozen.fidelity is not None and not any(p.requires_grad for p in frozen.fidelity.parameters())
+    for name, tensor in branch.state_dict().items():
+        assert torch.equal(frozen.fidelity.state_dict()[name], tensor), name
+    frozen.train()
+    for name, tensor in load_component(tmp_path / "fidelity", "fidelity").state_dict().items():
+        assert torch.equal(branch.state_dict()[name], tensor), name
+
+    copy_adaptor_inputs(run_folder[0], tmp_path / "adaptor_run")
+    import shutil
+
+    shutil.copytree(tmp_path / "vae", tmp_path / "adaptor_run" / "vae", dirs_exist_ok=True)
+    shutil.copytree(tmp_path / "fidelity", tmp_path / "adaptor_run" / "fidelity")
+    adaptor = make_stage(config(tmp_path / "adaptor_run", "adaptor", strength=(0.1, 0.3), start_noise=0.0,
+                                loss_space="pixel"), recipe.AdaptorStage)
+    clean, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    landed = adaptor.latents(clean)
+    with torch.no_grad():
+        error = adaptor.landing_error(landed, clean, y)
+        expected = VaeDecoderNet(adaptor.vae, branch)(landed, y * 2 - 1) - (clean * 2 - 1)
+        plain = VaeDecoderNet(adaptor.vae)(landed) - (clean * 2 - 1)
+    torch.testing.assert_close(error, expected)
+    assert (error - plain).abs().max() > 1e-4
+    assert adaptor.model().fidelity is adaptor.fidelity
+
+    from spire_rt.cli import main
+    from spire_rt.training.unpack import unpack_model
+
+    assert main(["train", "--stage", "ship", "--out", str(tmp_path), "--ship-to", str(tmp_path / "shipped")]) == 0
+    from safetensors.torch import load_file
+
+    assert load_model(tmp_path / "shipped").fidelity is not None
+    stored = load_file(tmp_path / "shipped" / "fidelity" / "diffusion_pytorch_model.safetensors")
+    assert {tensor.dtype for tensor in stored.values()} == {torch.float16}
+    unpack_model(tmp_path / "shipped", tmp_path / "unpacked")
+    for name, tensor in load_component(tmp_path / "unpacked" / "fidelity", "fidelity").state_dict().items():
+        assert tensor.dtype == torch.float32 and torch.allclose(tensor, branch.state_dict()[name], atol=1e-3), name
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"stage": "adaptor", "fidelity": True}, "decoder stage only"),
+    ({"stage": "decoder", "fidelity": True, "landing_rate": 0.8}, "needs --landing-rate 1"),
+])
+def test_bad_fidelity_options_are_refused(tmp_path, overrides, message):
+    from spire_rt.errors import SpireError
+
+    with pytest.raises(SpireError, match=message):
+        recipe.run_stage(config(tmp_path, **overrides), SMALL)
+
+
+def test_a_run_with_a_branch_refuses_clean_pairs(run_folder, tmp_path):
+    """Once RUN/fidelity exists, a decoder leg that would hand the branch clean crops as their own degraded
+    images is refused, with or without --fidelity."""
+    from spire_rt.errors import SpireError
+    from spire_rt.models.fidelity import FidelityBranch
+    from spire_rt.models.spire_model import load_component
+
+    copy_decoder_inputs(run_folder[0], tmp_path)
+    FidelityBranch.for_vae(load_component(tmp_path / "vae", "vae")).save_pretrained(tmp_path / "fidelity")
+    with pytest.raises(SpireError, match="needs --landing-rate 1"):
+        recipe.run_stage(config(tmp_path, "decoder", landing_rate=0.5), SMALL)
 
 
 def test_cosine_lr_warms_up_and_decays():
