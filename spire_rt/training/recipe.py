@@ -50,11 +50,11 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..errors import SpireError
 from ..models.adaptor import init_adaptor_from_unet
-from ..models.fidelity import FidelityBranch, check_fits
+from ..models.fidelity import FidelityBranch
 from ..models.modulated_unet import unet_forward_modulated
 from ..models.networks import TextEncoderNet, VaeDecoderNet, VaeEncoderNet
 from ..models.presets import Preset, get_preset
-from ..models.spire_model import SpireModel, load_component, load_model
+from ..models.spire_model import SpireModel, load_component, load_fidelity, load_model
 from ..models.tokenizer import MAX_LENGTH, build_grammar_tokenizer
 from ..sampling import SAMPLERS, NoiseSchedule, trailing_timesteps
 from ..staging import staged_folder
@@ -556,12 +556,10 @@ class Landings:
 
 def run_fidelity(run: Path, vae: AutoencoderKL, create: bool = False) -> FidelityBranch | None:
     """RUN/fidelity (checked against the VAE), a fresh branch when `create` and there is none, else None."""
-    folder = run / "fidelity"
-    if folder.exists():
-        branch = load_component(folder, "fidelity")
-        check_fits(branch, vae)
-        return branch
-    return FidelityBranch.for_vae(vae) if create else None
+    branch = load_fidelity(run, vae)
+    if branch is None and create:
+        branch = FidelityBranch.for_vae(vae)
+    return branch
 
 
 def fidelity_needs_landings(folder: Path) -> str:

@@ -800,3 +800,12 @@ def test_train_unet_is_refused_outside_the_adaptor_stage(tmp_path, capsys):
     code = main(["train", "--stage", "decoder", "--out", str(tmp_path / "cli"), "--steps", "1", "--train-unet"])
     assert code == 2 and "--train-unet applies to the adaptor stage only" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
+
+
+def test_train_cli_passes_fidelity_on(tmp_path, capsys):
+    from spire_rt.cli import main
+
+    code = main(["train", "--stage", "decoder", "--out", str(tmp_path / "cli"), "--steps", "1", "--fidelity",
+                 "--landing-rate", "0.8"])
+    assert code == 2 and "needs --landing-rate 1" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
