@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # A shipped model carried on, on one GPU: unpacked into a new run folder (`spire-rt train --stage unpack`), a
-# one-step adaptor leg and a decoder leg on its own landings at GPU batches, then the fp16 model with FROM's
-# restore defaults. Where train_tiny_gpu.sh starts over, this keeps the hours of training FROM already holds.
+# one-step adaptor leg and a decoder leg (with its fidelity branch) on its own landings at GPU batches, then the
+# fp16 model with FROM's restore defaults. Where train_tiny_gpu.sh starts over, this keeps the hours of training FROM already holds.
 #
 #   bash bench/finetune_tiny_gpu.sh RUN FROM [SCALE]      # e.g. FROM=spire_rt/weights/tiny
 #
-# The legs are the CPU legs that made the shipped model (MODEL_CARD.md, legs (y) and (z)) with batches 16 and 8
-# times theirs: 128 one-step pairs, 64 decoded crops; the adaptor leg trains the UNet too (--train-unet), as (y).
-# LR (default "2e-4 2.5e-4": the adaptor's twice the CPU leg's 1e-4, the decoder's the CPU leg's) is a first
+# The legs are the CPU legs that made the shipped model (MODEL_CARD.md, legs (y) and (ab)) with batches 16 and 8
+# times theirs: 128 one-step pairs, 64 decoded crops; the adaptor leg trains the UNet too (--train-unet), as (y),
+# and the decoder leg trains a fidelity branch with the decoder, every pair a landing (a FROM without one gets a
+# fresh, zero-initialised one), as (ab).
+# LR (default "2e-4 5e-4": the adaptor's twice the CPU leg's 1e-4, the decoder's the CPU leg's) is a first
 # guess, not tuned: a model that has trained for hours wants smaller steps than the from-scratch chain's. MINUTES: the two legs' minutes before SCALE (default "4.0 1.2"). The model is
 # shipped after each leg (RUN/ship_adaptor, then RUN/ship), so a chain cut short still leaves one. Environment also
 # as gpu_stages.sh (DEVICE, WORKERS, PRECISION, SPIRE_RT), and RANK_RATE (default 0.5, as the CPU legs).
@@ -37,7 +39,7 @@ read -r preset strength ensemble <<<"$defaults"
 # shellcheck source=bench/gpu_stages.sh
 source "$(dirname "$0")/gpu_stages.sh"
 read -r adaptor_min decoder_min <<<"${MINUTES:-4.0 1.2}"
-read -r adaptor_lr decoder_lr <<<"${LR:-2e-4 2.5e-4}"
+read -r adaptor_lr decoder_lr <<<"${LR:-2e-4 5e-4}"
 ship=(--default-strength "$strength" --default-ensemble "$ensemble")
 
 echo "$(date -u +%T) unpack: $from (preset $preset, shipped again at strength $strength, ensemble $ensemble)"
@@ -46,7 +48,7 @@ stage adaptor-one-step adaptor --resume --batch 128 --crop 64 --strength 0.04 0.
     --loss-space pixel --single-rate 0.5 --rank-rate "${RANK_RATE:-0.5}" --lr "$adaptor_lr" --train-unet \
     --minutes "$(minutes "$adaptor_min")"
 "${spire[@]}" train --stage ship --out "$run" --ship-to "$run/ship_adaptor" "${ship[@]}"
-stage decoder-landings decoder --batch 64 --crop 64 --landing-rate 0.8 --single-rate 0.5 --lr "$decoder_lr" \
-    --minutes "$(minutes "$decoder_min")"
+stage decoder-landings decoder --batch 64 --crop 64 --landing-rate 1 --fidelity --single-rate 0.5 \
+    --lr "$decoder_lr" --minutes "$(minutes "$decoder_min")"
 "${spire[@]}" train --stage ship --out "$run" --ship-to "$run/ship" "${ship[@]}"
 echo "$(date -u +%T) done: $run/ship"

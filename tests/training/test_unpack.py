@@ -35,9 +35,9 @@ def test_unpacked_run_holds_the_model_and_carries_it_on(tmp_path):
     run = tmp_path / "run"
     assert unpack_model("tiny", run) == "tiny"
     shipped, unpacked = load_model("tiny"), load_model(run / "model")
-    for part in ("controlnet", "unet", "vae", "text_encoder"):
+    for part in ("controlnet", "unet", "vae", "text_encoder", "fidelity"):
         assert same_tensors(getattr(unpacked, part), getattr(shipped, part)), part
-    for part in ("vae", "unet", "text_encoder"):  # the stages' own inputs, fp32
+    for part in ("vae", "unet", "text_encoder", "fidelity"):  # the stages' own inputs, fp32
         weights = load_file(next((run / part).glob("*.safetensors")))
         assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}, part
     state = torch.load(run / "adaptor.ckpt", weights_only=False)
@@ -46,7 +46,7 @@ def test_unpacked_run_holds_the_model_and_carries_it_on(tmp_path):
     # Shipped again untrained, it is the model it came from, down to the bit (fp16 -> fp32 -> fp16).
     again = ship_fp16(run / "model", tmp_path / "again", vae=run / "vae")
     assert all(same_tensors(getattr(load_model(again), part), getattr(shipped, part))
-               for part in ("controlnet", "unet", "vae", "text_encoder"))
+               for part in ("controlnet", "unet", "vae", "text_encoder", "fidelity"))
 
     # A one-step model's run refuses a resume that forgets --strength, and trains with it.
     with pytest.raises(SpireError, match="was trained with --strength"):
@@ -58,8 +58,9 @@ def test_unpacked_run_holds_the_model_and_carries_it_on(tmp_path):
     recipe.run_stage(adaptor_config(run, strength=(0.04, 0.08), start_noise=0.0, train_unet=True),
                      get_preset("tiny"))
     assert not same_tensors(load_model(run / "model").unet, shipped.unet)
-    recipe.run_stage(recipe.StageConfig(stage="decoder", out=run, steps=2, batch=2, crop=32, landing_rate=0.5,
-                                        leaves=0, eval_minutes=0, quiet=True), get_preset("tiny"))
+    # And its decoder leg, the fidelity branch training with the decoder (every pair a landing).
+    recipe.run_stage(recipe.StageConfig(stage="decoder", out=run, steps=2, batch=2, crop=32, landing_rate=1.0,
+                                        fidelity=True, leaves=0, eval_minutes=0, quiet=True), get_preset("tiny"))
 
 
 def test_unpack_never_writes_over_a_run(tmp_path):
