@@ -345,6 +345,11 @@ class NetworkDescriptor:
         if "B" in bound and "2B" in bound and bound["2B"] != 2 * bound["B"]:
             raise ShapeError(f"{self.name}: a guided step needs twice the image batch of semantic embeddings, "
                              f"got {bound['2B']} for a batch of {bound['B']}")
+        scale = self.model.vae_scale_factor
+        for big, small in (("H", "h"), ("W", "w")):  # the decoder's y_image against its latent
+            if big in bound and small in bound and bound[big] != scale * bound[small]:
+                raise ShapeError(f"{self.name}: an image side of {bound[big]} px does not match a latent side of "
+                                 f"{bound[small]} ({scale} px per latent pixel)")
         return bound
 
     def output_shapes(self, bound: dict[str, int]) -> dict[str, tuple[int, ...]] | None:

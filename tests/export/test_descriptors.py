@@ -91,3 +91,8 @@ def test_feed_checks_give_one_line_errors(tiny_model):
         batched.check_feeds(dict(feeds, semantic_embeddings=torch.cat([feeds["semantic_embeddings"]] * 2)))
     with pytest.raises(ShapeError, match="missing input"):
         desc.check_feeds({name: value for name, value in feeds.items() if name != "timestep"})
+    decoder = descriptor("vae_decoder", tiny_model, ShapeProfile.dynamic(16, 64, (32, 32)))
+    feeds = decoder.sample_inputs("opt")
+    assert decoder.check_feeds(feeds)["H"] == 32
+    with pytest.raises(ShapeError, match="image side of 16 px does not match a latent side of 16"):
+        decoder.check_feeds(dict(feeds, y_image=feeds["y_image"][:, :, :16]))
