@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A shipped model carried on, on one GPU: unpacked into a new run folder (`spire-rt train --stage unpack`), a
 # one-step adaptor leg and a decoder leg (with its fidelity branch) on its own landings at GPU batches, then the
-# fp16 model with FROM's restore defaults. Where train_tiny_gpu.sh starts over, this keeps the hours of training FROM already holds.
+# fp16 model with FROM's restore defaults. Where train_tiny_gpu.sh starts over, this keeps the hours of training
+# FROM already holds.
 #
 #   bash bench/finetune_tiny_gpu.sh RUN FROM [SCALE]      # e.g. FROM=spire_rt/weights/tiny
 #
@@ -10,9 +11,10 @@
 # and the decoder leg trains a fidelity branch with the decoder, every pair a landing (a FROM without one gets a
 # fresh, zero-initialised one), as (ab).
 # LR (default "2e-4 5e-4": the adaptor's twice the CPU leg's 1e-4, the decoder's the CPU leg's) is a first
-# guess, not tuned: a model that has trained for hours wants smaller steps than the from-scratch chain's. MINUTES: the two legs' minutes before SCALE (default "4.0 1.2"). The model is
-# shipped after each leg (RUN/ship_adaptor, then RUN/ship), so a chain cut short still leaves one. Environment also
-# as gpu_stages.sh (DEVICE, WORKERS, PRECISION, SPIRE_RT), and RANK_RATE (default 0.5, as the CPU legs).
+# guess, not tuned: a model that has trained for hours wants smaller steps than the from-scratch chain's.
+# MINUTES: the two legs' minutes before SCALE (default "4.0 1.2"). The model is shipped after each leg
+# (RUN/ship_adaptor, then RUN/ship), so a chain cut short still leaves one. Environment also as gpu_stages.sh
+# (DEVICE, WORKERS, PRECISION, SPIRE_RT), and RANK_RATE (default 0.5, as the CPU legs).
 set -euo pipefail
 
 if [ $# -lt 2 ]; then

@@ -19,8 +19,9 @@ def register(commands) -> None:
     parser.add_argument("--stage", required=True, choices=(UNPACK_STAGE, *STAGES, SHIP_STAGE),
                         help="vae, then prior, then adaptor (each reads the folders the previous one wrote "
                              "in --out); decoder refines the VAE decoder alone; ship writes OUT/model, with "
-                             "OUT/vae's decoder and OUT/fidelity, as fp16 into --ship-to; unpack makes a shipped model (--from) "
-                             "into a new run folder that the adaptor (--resume) and decoder stages carry on")
+                             "OUT/vae's decoder and OUT/fidelity, as fp16 into --ship-to; unpack makes a shipped "
+                             "model (--from) into a new run folder that the adaptor (--resume) and decoder "
+                             "stages carry on")
     parser.add_argument("--out", required=True, help="run folder shared by the stages")
     parser.add_argument("--from", dest="source", metavar="MODEL",
                         help="unpack: the model to carry on (a folder, or a preset name for its shipped weights)")

@@ -7,7 +7,7 @@
              the latents its default sampling lands on from degraded pairs, decoded against the clean crops, so
              the last network a restoration passes through learns what the one-step landing leaves undone.
              With --fidelity (and --landing-rate 1) a fidelity branch (models/fidelity.py) learns beside it:
-             the degraded image itself steers the decoder                                  -> RUN/fidelity/
+             the degraded image itself steers the decoder                              -> RUN/fidelity/
              Once RUN/fidelity exists every stage decodes through it, as the runtime does.
     prior    the UNet, unconditional (semantic prompt always ""), v-prediction on latents -> RUN/unet/, RUN/text_encoder/
     adaptor  VAE and UNet frozen; the modulated adaptor and the text encoder learn the restoration prompt

@@ -22,7 +22,8 @@ from ..models.presets import PRESETS
 from ..models.spire_model import load_model, shipped_folder
 
 # What a run folder holds once any stage has written to it: unpacking never writes over a run.
-RUN_CONTENTS = ("vae", "unet", "text_encoder", "fidelity", "model", "vae.ckpt", "prior.ckpt", "adaptor.ckpt", "decoder.ckpt")
+RUN_CONTENTS = ("vae", "unet", "text_encoder", "fidelity", "model", "vae.ckpt", "prior.ckpt", "adaptor.ckpt",
+                "decoder.ckpt")
 
 
 def unpack_model(source: str | Path, run: Path) -> str:
