@@ -33,6 +33,7 @@ from scipy.ndimage import gaussian_filter
 from spire_rt.prompts import CLAUSES, ClauseSpec, RestorationPrompt
 
 __all__ = [
+    "SINGLE_OPERATIONS",
     "STAGE1_RANGES",
     "STAGE2_RANGES",
     "DegradationParams",
@@ -44,6 +45,7 @@ __all__ = [
     "degrade_explicit",
     "sample_params",
     "sample_single_params",
+    "single_operation_shares",
 ]
 
 
@@ -65,6 +67,7 @@ STAGE1_RANGES = StageRanges(
 STAGE2_RANGES = StageRanges(
     blur_sigma=(0.2, 1.5), downscale=(1.0, 1.5), noise_sigma=(0.01, 0.10), jpeg_quality=(30, 95)
 )
+SINGLE_OPERATIONS = ("blur", "downscale", "noise", "jpeg")  # sample_single_params' operations, in draw order
 
 
 @dataclass(frozen=True)
@@ -194,13 +197,19 @@ def sample_params(rng: np.random.Generator, input_size: tuple[int, int]) -> Degr
     return DegradationParams(stages, input_size, _output_size(input_size, stages), seed=None)
 
 
-def sample_single_params(rng: np.random.Generator, input_size: tuple[int, int]) -> DegradationParams:
-    """One operation (blur, downscale, noise or JPEG, equally likely) from stage 1's range, the rest skipped.
+def sample_single_params(rng: np.random.Generator, input_size: tuple[int, int],
+                         weights: tuple[float, ...] | None = None) -> DegradationParams:
+    """One operation (blur, downscale, noise or JPEG: SINGLE_OPERATIONS) from stage 1's range, the rest skipped;
+    equally likely, or in proportion to `weights` (one per operation, in that order).
 
     Not part of SPIRE's distribution, where a lone operation is 1 draw in 32: a training mixture adds these so
     a small model also learns to undo one well-stated degradation precisely (what a benchmark family asks)."""
     input_size = _check_size(input_size)
-    ranges, operation = STAGE1_RANGES, int(rng.integers(4))
+    ranges = STAGE1_RANGES
+    if weights is None:
+        operation = int(rng.integers(4))  # the stream runs without weights stay on
+    else:
+        operation = int(rng.choice(len(SINGLE_OPERATIONS), p=single_operation_shares(weights)))
     draws: dict[str, Any] = {}
     if operation == 0:
         draws["blur_sigma"] = float(rng.uniform(*ranges.blur_sigma))
@@ -213,6 +222,16 @@ def sample_single_params(rng: np.random.Generator, input_size: tuple[int, int]) 
         draws["jpeg_quality"] = _jpeg_quality(rng, ranges)
     stages = (StageParams(**draws),)
     return DegradationParams(stages, input_size, _output_size(input_size, stages), seed=None)
+
+
+def single_operation_shares(weights: tuple[float, ...]) -> np.ndarray:
+    """`weights` (one per SINGLE_OPERATIONS entry, none negative, not all zero) as shares summing to 1."""
+    values = np.asarray(weights, dtype=np.float64)
+    if values.shape != (len(SINGLE_OPERATIONS),) or not np.all(np.isfinite(values)) or np.any(values < 0) \
+            or values.sum() <= 0:
+        raise ValueError(f"single-operation weights must be {len(SINGLE_OPERATIONS)} numbers (for "
+                         f"{', '.join(SINGLE_OPERATIONS)}), none negative and not all zero; got {list(weights)}")
+    return values / values.sum()
 
 
 def _sample_stage(rng: np.random.Generator, ranges: StageRanges) -> StageParams:

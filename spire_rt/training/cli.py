@@ -54,6 +54,9 @@ def register(commands) -> None:
                         help="adaptor (and decoder with --landing-rate): share of training pairs degraded by one "
                              "operation (blur, downscale, noise or JPEG from stage 1's range) instead of SPIRE's "
                              "two-stage draw (default 0)")
+    parser.add_argument("--single-weights", type=float, nargs=4, metavar=("BLUR", "DOWNSCALE", "NOISE", "JPEG"),
+                        help="with --single-rate: how often each operation is drawn for the single-operation pairs, "
+                             "in proportion (default: equally; e.g. 1 1 1 3 makes half of them JPEG)")
     parser.add_argument("--loss-space", default="latent", choices=LOSS_SPACES,
                         help="adaptor, with --strength: score the one-step result on the latent (default) or on "
                              "the image the frozen VAE decoder makes of it (slower; what eval measures)")
@@ -133,6 +136,7 @@ def run_train(args) -> int:
                          leaves=args.leaves, quiet=args.quiet,
                          strength=tuple(args.strength) if args.strength else None, start_noise=args.start_noise,
                          single_rate=args.single_rate, loss_space=args.loss_space,
+                         single_weights=tuple(args.single_weights) if args.single_weights else None,
                          landing_rate=args.landing_rate, rank_rate=args.rank_rate,
                          precision=args.precision, rgb_permute=args.rgb_permute,
                          train_unet=args.train_unet, fidelity=args.fidelity)

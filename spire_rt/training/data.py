@@ -19,6 +19,7 @@ import multiprocessing
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -195,13 +196,16 @@ def degraded_pair(clean: np.ndarray, seed: int, sampler: Sampler = sample_params
 
 
 def degraded_pairs(clean: torch.Tensor, rng: np.random.Generator, blind_rate: float = BLIND_RATE,
-                   single_rate: float = 0.0) -> tuple[torch.Tensor, list[str]]:
-    """Degrade each image of `clean` [B, 3, H, W]: a single operation with probability `single_rate`, else the
-    two-stage draw; the prompt is the blind one with probability `blind_rate`."""
+                   single_rate: float = 0.0, single_weights: tuple[float, ...] | None = None
+                   ) -> tuple[torch.Tensor, list[str]]:
+    """Degrade each image of `clean` [B, 3, H, W]: a single operation with probability `single_rate` (drawn in
+    proportion to `single_weights`, else equally), else the two-stage draw; the prompt is the blind one with
+    probability `blind_rate`."""
+    single_sampler = partial(sample_single_params, weights=single_weights)
     ys, prompts = [], []
     for image in clean.permute(0, 2, 3, 1).numpy():
         single = single_rate > 0 and bool(rng.random() < single_rate)  # rate 0 leaves the stream as it was
-        sampler = sample_single_params if single else sample_params
+        sampler = single_sampler if single else sample_params
         y, prompt = degraded_pair(image, seed=int(rng.integers(2**31)), sampler=sampler)
         ys.append(y)
         prompts.append(BLIND_PROMPT if rng.random() < blind_rate else prompt)
@@ -211,19 +215,22 @@ def degraded_pairs(clean: torch.Tensor, rng: np.random.Generator, blind_rate: fl
 @dataclass(frozen=True)
 class BatchPlan:
     """What one training step draws: `batch` clean crops of side `crop`; the first `degraded` of them also get a
-    degraded pair and its prompt (`single_rate` of those degraded by one operation, as in degraded_pairs)."""
+    degraded pair and its prompt (`single_rate` of those degraded by one operation, drawn in proportion to
+    `single_weights`, as in degraded_pairs)."""
 
     batch: int
     crop: int
     degraded: int = 0
     single_rate: float = 0.0
+    single_weights: tuple[float, ...] | None = None
 
     def draw(self, images: TrainingImages, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """(clean [batch, 3, crop, crop], y [degraded, 3, crop, crop], prompts), on the CPU."""
         clean = images.crops(rng, self.batch, self.crop)
         if not self.degraded:
             return clean, clean[:0], []
-        y, prompts = degraded_pairs(clean[:self.degraded], rng, single_rate=self.single_rate)
+        y, prompts = degraded_pairs(clean[:self.degraded], rng, single_rate=self.single_rate,
+                                    single_weights=self.single_weights)
         return clean, y, prompts
 
 

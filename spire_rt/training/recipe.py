@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from ..degrade import single_operation_shares
 from ..errors import SpireError
 from ..models.adaptor import init_adaptor_from_unet
 from ..models.fidelity import FidelityBranch
@@ -88,6 +89,7 @@ class StageConfig:
     strength: tuple[float, float] | None = None  # adaptor: train one-step restoration from these SDEdit strengths
     start_noise: float = 1.0  # adaptor, with strength: the scale of the noise at the start (0: deterministic)
     single_rate: float = 0.0  # adaptor: share of pairs degraded by one stage-1 operation instead of two stages
+    single_weights: tuple[float, ...] | None = None  # how often each single operation is drawn (None: equally)
     loss_space: str = "latent"  # adaptor, one-step: where the landed x0 is scored ("latent" or "pixel")
     landing_rate: float = 0.0  # decoder: share of each batch decoded from RUN/model's restorations
     rank_rate: float = 0.0  # adaptor, one-step: share of pairs also restored with a raised sigma (ranking.py)
@@ -148,6 +150,13 @@ def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
         raise SpireError("--single-rate applies to the adaptor stage (and the decoder stage with --landing-rate)")
     if not 0 <= config.single_rate <= 1:
         raise SpireError(f"--single-rate must be in [0, 1], got {config.single_rate}")
+    if config.single_weights is not None:
+        if not config.single_rate:
+            raise SpireError("--single-weights needs --single-rate above 0 (it weights the single-operation pairs)")
+        try:
+            single_operation_shares(config.single_weights)
+        except ValueError as error:
+            raise SpireError(f"--single-weights: {error}") from None
     if config.train_unet and config.stage != "adaptor":
         raise SpireError("--train-unet applies to the adaptor stage only")
     if config.fidelity and config.stage != "decoder":
@@ -240,7 +249,13 @@ class Stage:
 
     def batch_plan(self) -> BatchPlan:
         """What each step draws: clean crops only, unless the stage degrades some of them."""
-        return BatchPlan(self.config.batch, self.config.crop)
+        return self.plan_with_pairs(degraded=0)
+
+    def plan_with_pairs(self, degraded: int) -> BatchPlan:
+        """A batch whose first `degraded` crops get a degraded pair, drawn as --single-rate/--single-weights say."""
+        config = self.config
+        return BatchPlan(config.batch, config.crop, degraded=degraded, single_rate=config.single_rate,
+                         single_weights=config.single_weights)
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def train(self) -> dict:
@@ -463,7 +478,7 @@ class DecoderStage(VaeStage):
 
     def batch_plan(self) -> BatchPlan:
         landed = round(self.config.landing_rate * self.config.batch) if self.landings is not None else 0
-        return BatchPlan(self.config.batch, self.config.crop, degraded=landed, single_rate=self.config.single_rate)
+        return self.plan_with_pairs(degraded=landed)
 
     def loss(self):
         clean, y, prompts = self.next_batch()
@@ -704,8 +719,7 @@ class AdaptorStage(LatentStage):
             self.unet_tuned = True
 
     def batch_plan(self) -> BatchPlan:
-        return BatchPlan(self.config.batch, self.config.crop, degraded=self.config.batch,
-                         single_rate=self.config.single_rate)
+        return self.plan_with_pairs(degraded=self.config.batch)
 
     def loss(self):
         clean, y, prompts = self.next_batch()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from spire_rt.degrade import sample_single_params
 from spire_rt.models.presets import TINY
 from spire_rt.models.spire_model import load_model
 from spire_rt.prompts import BLIND_PROMPT
@@ -351,6 +352,48 @@ def test_single_rate_mixes_in_one_operation_pairs():
     assert unmixed == two_stage  # rate 0 draws exactly what the recipe drew before the option existed
     _, half = degraded_pairs(clean, np.random.default_rng(2), blind_rate=0.0, single_rate=0.5)
     assert 8 <= sum(";" in prompt for prompt in half) <= 32  # some pairs mixed, some not
+
+
+def test_single_weights_set_how_often_each_operation_is_drawn():
+    rng = np.random.default_rng(4)
+    drawn = [sample_single_params(rng, (64, 64), weights=(1, 1, 1, 3)).stages[0] for _ in range(800)]
+    jpeg = sum(stage.jpeg_quality is not None for stage in drawn)
+    assert 340 <= jpeg <= 460  # half of them; equal weights would give a quarter
+    assert all(sum(value is not None for value in (s.blur_sigma, s.downscale, s.noise_sigma, s.jpeg_quality)) == 1
+               for s in drawn)
+    only_noise = [sample_single_params(rng, (64, 64), weights=(0, 0, 2, 0)).stages[0] for _ in range(20)]
+    assert all(stage.noise_sigma is not None for stage in only_noise)
+    # Without weights the stream is the one the recipe drew before the option existed.
+    before = [sample_single_params(np.random.default_rng(5), (64, 64)) for _ in range(3)]
+    assert [sample_single_params(np.random.default_rng(5), (64, 64), weights=None) for _ in range(3)] == before
+    clean = torch.rand(12, 3, 24, 24)
+    _, prompts = degraded_pairs(clean, np.random.default_rng(6), blind_rate=0.0, single_rate=1.0,
+                                single_weights=(0, 0, 0, 1))
+    assert all(prompt.startswith("Dejpeg with quality") for prompt in prompts)
+
+
+@pytest.mark.parametrize(("rate", "weights", "message"), [
+    (0.0, (1, 1, 1, 3), "--single-weights needs --single-rate"),
+    (0.5, (1, -1, 1, 1), "none negative"),
+    (0.5, (0, 0, 0, 0), "not all zero"),
+    (0.5, (1, 1, float("nan"), 1), "single-operation weights must be 4 numbers"),
+])
+def test_bad_single_weights_are_refused(tmp_path, rate, weights, message):
+    from spire_rt.errors import SpireError
+
+    with pytest.raises(SpireError, match=message):
+        recipe.run_stage(config(tmp_path, "adaptor", single_rate=rate, single_weights=weights), SMALL)
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_train_cli_passes_single_weights_on(tmp_path, capsys):
+    from spire_rt.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["train", "--stage", "adaptor", "--out", str(out), "--steps", "1", "--single-rate", "0.5",
+                 "--single-weights", "1", "1", "-1", "3"])
+    assert code != 0 and "--single-weights: single-operation weights" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_rgb_permute_reorders_the_channels_of_that_share_of_crops():
