@@ -18,6 +18,8 @@
              error of the clean latent the one step lands on (x0 = alpha_t z_t - sigma_t v), per pair.
              --single-rate R degrades that share of the pairs by one stage-1 operation instead of two stages,
              so a small model also learns to undo one well-stated degradation; a resume may change it.
+             --single-weights B D N J draws blur, downscale, noise and JPEG in that proportion for those pairs
+             (default equally), to tilt a leg toward a family it is losing.
              --loss-space pixel scores the landed latent through the frozen VAE decoder against the clean
              crop instead (what eval measures); a resume may change it too.
              --rank-rate R restores that share of the pairs a second time with a stated noise or blur sigma
