@@ -715,6 +715,18 @@ def test_bf16_loss_is_the_fp32_loss_to_bfloat16_accuracy(run_folder, tmp_path, n
     assert mixed.item() == pytest.approx(reference.item(), rel=0.03, abs=0.01)
 
 
+@pytest.mark.parametrize("name", ["decoder", "adaptor"])
+def test_stages_draw_their_pairs_by_the_single_weights(run_folder, tmp_path, name):
+    """Both stages that draw degraded pairs hand --single-rate and --single-weights to their batches."""
+    copy_stage_inputs(run_folder[0], tmp_path)
+    stage = stage_in(tmp_path, name, single_rate=1.0, single_weights=(0.0, 0.0, 0.0, 1.0))
+    assert stage.batch_plan().single_weights == (0.0, 0.0, 0.0, 1.0)
+    _, y, prompts = stage.next_batch()
+    stated = [prompt for prompt in prompts if prompt != BLIND_PROMPT]
+    assert len(y) == len(prompts) and stated
+    assert all(prompt.startswith("Dejpeg with quality") for prompt in stated)
+
+
 def test_bf16_training_keeps_fp32_weights_and_lowers_the_loss(run_folder, tmp_path):
     copy_stage_inputs(run_folder[0], tmp_path)
     stage = stage_in(tmp_path, "adaptor", steps=12, precision="bf16")
