@@ -207,7 +207,7 @@ def sample_single_params(rng: np.random.Generator, input_size: tuple[int, int],
     input_size = _check_size(input_size)
     ranges = STAGE1_RANGES
     if weights is None:
-        operation = int(rng.integers(4))  # the stream runs without weights stay on
+        operation = int(rng.integers(len(SINGLE_OPERATIONS)))  # the draw runs made before weights existed
     else:
         operation = int(rng.choice(len(SINGLE_OPERATIONS), p=single_operation_shares(weights)))
     draws: dict[str, Any] = {}
