@@ -12,6 +12,9 @@
 # fresh, zero-initialised one), as (ab).
 # LR (default "2e-4 5e-4": the adaptor's twice the CPU leg's 1e-4, the decoder's the CPU leg's) is a first
 # guess, not tuned: a model that has trained for hours wants smaller steps than the from-scratch chain's.
+# CROP (default 64, the CPU legs' crop): the training crops' side. The batches shrink with its square, so a step
+# holds the pixels of 128 (adaptor) or 64 (decoder) crops of 64: CROP=128 trains on 32 and 16 crops of 128, with
+# four times the context of the 64-pixel crops every leg before saw (a 256x256 restoration is 16 such crops).
 # MINUTES: the two legs' minutes before SCALE (default "4.0 1.2"). The model is shipped after each leg
 # (RUN/ship_adaptor, then RUN/ship), so a chain cut short still leaves one. Environment also as gpu_stages.sh
 # (DEVICE, WORKERS, PRECISION, SPIRE_RT), and RANK_RATE (default 0.5, as the CPU legs).
@@ -43,14 +46,21 @@ source "$(dirname "$0")/gpu_stages.sh"
 read -r adaptor_min decoder_min <<<"${MINUTES:-4.0 1.2}"
 read -r adaptor_lr decoder_lr <<<"${LR:-2e-4 5e-4}"
 ship=(--default-strength "$strength" --default-ensemble "$ensemble")
+crop=${CROP:-64}
+if ! [[ $crop =~ ^[0-9]+$ ]] || [ $(( crop % 8 )) -ne 0 ] || [ "$crop" -lt 32 ] || [ "$crop" -gt 256 ]; then
+    echo "finetune_tiny_gpu.sh: CROP=$crop must be a multiple of 8 from 32 to 256" >&2
+    exit 2
+fi
+adaptor_batch=$(( 128 * 64 * 64 / (crop * crop) )) decoder_batch=$(( 64 * 64 * 64 / (crop * crop) ))
 
-echo "$(date -u +%T) unpack: $from (preset $preset, shipped again at strength $strength, ensemble $ensemble)"
+echo "$(date -u +%T) unpack: $from (preset $preset, shipped again at strength $strength, ensemble $ensemble)," \
+     "crop $crop, batches $adaptor_batch and $decoder_batch"
 "${spire[@]}" train --stage unpack --from "$from" --out "$run"
-stage adaptor-one-step adaptor --resume --batch 128 --crop 64 --strength 0.04 0.08 --start-noise 0 \
+stage adaptor-one-step adaptor --resume --batch "$adaptor_batch" --crop "$crop" --strength 0.04 0.08 --start-noise 0 \
     --loss-space pixel --single-rate 0.5 --rank-rate "${RANK_RATE:-0.5}" --lr "$adaptor_lr" --train-unet \
     --minutes "$(minutes "$adaptor_min")"
 "${spire[@]}" train --stage ship --out "$run" --ship-to "$run/ship_adaptor" "${ship[@]}"
-stage decoder-landings decoder --batch 64 --crop 64 --landing-rate 1 --fidelity --single-rate 0.5 \
+stage decoder-landings decoder --batch "$decoder_batch" --crop "$crop" --landing-rate 1 --fidelity --single-rate 0.5 \
     --lr "$decoder_lr" --minutes "$(minutes "$decoder_min")"
 "${spire[@]}" train --stage ship --out "$run" --ship-to "$run/ship" "${ship[@]}"
 echo "$(date -u +%T) done: $run/ship"
