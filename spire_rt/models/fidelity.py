@@ -14,7 +14,8 @@ changes nothing, and a model without one decodes exactly as before.
 
 The stem sees 29 pixels across (a half-resolution path with dilated convolutions): enough to tell JPEG's 8x8 block
 edges and ringing from the picture's own edges, which a plain two-convolution stem (5 pixels; tried on spire-tiny)
-could not, so it handed the decoder the blocking back along with the detail.
+could not, so it handed the decoder the blocking back along with the detail. `FidelityBranch.widened` grows a
+trained branch without changing its output; spire-tiny's went from 32 channels to 48 that way.
 
 The branch is ours, not SPIRE.md's (its VAE decodes the final latent alone); a model folder holds it as
 `fidelity/` (config.json + safetensors) and spire.json does not need to know: the folder's presence is the switch.
@@ -51,11 +52,37 @@ class FidelityBranch(ModelMixin, ConfigMixin):
     def for_vae(cls, vae: AutoencoderKL, width: int = 32) -> FidelityBranch:
         return cls(image_channels=vae.config.out_channels, width=width, point_channels=decoder_points(vae))
 
+    def widened(self, width: int) -> FidelityBranch:
+        """This branch with `width` channels that computes exactly what this one does, so a trained model can grow
+        its branch and carry on (`spire-rt train --stage decoder --fidelity-width`): the old channels keep their
+        weights and never read the new ones; the new ones start as fresh convolutions, reaching the decoder only
+        through head weights that start at zero, so training can put them to use from there."""
+        old = self.config.width
+        if width < old:
+            raise ValueError(f"a fidelity branch can be widened, not narrowed: it has {old} channels, asked {width}")
+        wide = FidelityBranch(self.config.image_channels, width, tuple(self.config.point_channels))
+        wide.to(device=self.heads[0].weight.device, dtype=self.heads[0].weight.dtype)
+        with torch.no_grad():
+            for new, trained in zip(convolutions(wide.stem, wide.context), convolutions(self.stem, self.context)):
+                out_old, in_old = trained.weight.shape[:2]
+                new.weight[:out_old, :in_old] = trained.weight
+                new.weight[:out_old, in_old:] = 0
+                new.bias[:out_old] = trained.bias
+            for new, trained in zip(wide.heads, self.heads):
+                new.weight.zero_()
+                new.weight[:, :old] = trained.weight
+                new.bias.copy_(trained.bias)
+        return wide
+
     def forward(self, y_image: torch.Tensor) -> list[torch.Tensor]:
         local = self.stem(y_image)
         context = F.interpolate(self.context(local), size=local.shape[2:], mode="nearest")
         features = local + context
         return [head(features) for head in self.heads]
+
+
+def convolutions(*blocks: nn.Sequential) -> list[nn.Conv2d]:
+    return [layer for block in blocks for layer in block if isinstance(layer, nn.Conv2d)]
 
 
 def decoder_points(vae: AutoencoderKL) -> tuple[int, int]:

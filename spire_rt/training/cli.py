@@ -76,6 +76,10 @@ def register(commands) -> None:
                         help="decoder, with --landing-rate 1: train a fidelity branch (OUT/fidelity) with the "
                              "decoder, so the degraded image itself steers decoding (StableSR-style; once OUT/fidelity "
                              "exists, every stage decodes through it)")
+    parser.add_argument("--fidelity-width", type=int, metavar="W",
+                        help="decoder, with --fidelity: a fresh branch's channels (default 32), or OUT/fidelity's "
+                             "widened to W without changing its output, for the decoder stage to put to use (not "
+                             "with --resume, whose checkpoint holds the narrower branch)")
     parser.add_argument("--default-strength", type=float,
                         help="ship: the SDEdit strength to record as the model's default (chosen on validation "
                              "images; otherwise the adaptor stage's middle of --strength)")
@@ -139,7 +143,8 @@ def run_train(args) -> int:
                          single_weights=tuple(args.single_weights) if args.single_weights else None,
                          landing_rate=args.landing_rate, rank_rate=args.rank_rate,
                          precision=args.precision, rgb_permute=args.rgb_permute,
-                         train_unet=args.train_unet, fidelity=args.fidelity)
+                         train_unet=args.train_unet, fidelity=args.fidelity,
+                         fidelity_width=args.fidelity_width)
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))
     return 0

@@ -8,7 +8,9 @@
              the last network a restoration passes through learns what the one-step landing leaves undone.
              With --fidelity (and --landing-rate 1) a fidelity branch (models/fidelity.py) learns beside it:
              the degraded image itself steers the decoder                              -> RUN/fidelity/
-             Once RUN/fidelity exists every stage decodes through it, as the runtime does.
+             Once RUN/fidelity exists every stage decodes through it, as the runtime does. --fidelity-width W
+             sets a fresh branch's channels, or widens RUN/fidelity's to W without changing its output
+             (FidelityBranch.widened; not with --resume, whose checkpoint holds the narrower branch).
     prior    the UNet, unconditional (semantic prompt always ""), v-prediction on latents -> RUN/unet/, RUN/text_encoder/
     adaptor  VAE and UNet frozen; the modulated adaptor and the text encoder learn the restoration prompt
              on pairs from spire_rt.degrade (20% "Remove all degradation")               -> RUN/model/ (a SPIRE folder)
@@ -99,6 +101,7 @@ class StageConfig:
     rgb_permute: float = 0.0  # share of training crops drawn in another RGB order (data.RGB_ORDERS)
     train_unet: bool = False  # adaptor: train the UNet's weights too (a restoration-tuned prior; RUN/unet stays)
     fidelity: bool = False  # decoder: train a fidelity branch (RUN/fidelity) with the decoder
+    fidelity_width: int | None = None  # with fidelity: a fresh branch's channels, or RUN/fidelity's widened to
     extra: dict = field(default_factory=dict)
 
 
@@ -165,6 +168,11 @@ def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
         raise SpireError("--fidelity applies to the decoder stage only")
     if config.fidelity and config.landing_rate != 1:
         raise SpireError(fidelity_needs_landings(config.out / "fidelity"))
+    if config.fidelity_width is not None:
+        if not config.fidelity:
+            raise SpireError("--fidelity-width needs --fidelity (it sizes the branch the decoder stage trains)")
+        if config.fidelity_width < 1:
+            raise SpireError(f"--fidelity-width must be 1 or more, got {config.fidelity_width}")
     if config.landing_rate and config.stage != "decoder":
         raise SpireError("--landing-rate applies to the decoder stage only")
     if not 0 <= config.landing_rate <= 1:
@@ -439,7 +447,8 @@ class DecoderStage(VaeStage):
         self.decoder_parts = [self.vae.decoder, self.vae.post_quant_conv]
         for part in self.decoder_parts:
             part.requires_grad_(True)
-        self.fidelity = run_fidelity(self.out, self.vae, create=self.config.fidelity)
+        self.fidelity = run_fidelity(self.out, self.vae, create=self.config.fidelity,
+                                     width=self.config.fidelity_width)
         if self.fidelity is not None:
             self.fidelity.to(self.device).requires_grad_(self.config.fidelity)
             if self.config.landing_rate != 1:
@@ -476,6 +485,11 @@ class DecoderStage(VaeStage):
             if self.fidelity is None:
                 raise SpireError(f"--resume: {self.checkpoint_path} holds a fidelity branch, but "
                                  f"{self.out / 'fidelity'} is gone")
+            saved_width, width = saved["fidelity"]["stem.0.weight"].shape[0], self.fidelity.config.width
+            if saved_width != width:
+                raise SpireError(f"--resume: {self.checkpoint_path} holds a fidelity branch of {saved_width} "
+                                 f"channels and --fidelity-width asks for {width}; widen it without --resume (the "
+                                 "decoder carries on from RUN/vae with a fresh optimiser)")
             self.fidelity.load_state_dict(saved["fidelity"])
 
     def batch_plan(self) -> BatchPlan:
@@ -571,12 +585,19 @@ class Landings:
         return SAMPLERS[opts.sampler](denoise, start, self.timesteps, self.schedule)
 
 
-def run_fidelity(run: Path, vae: AutoencoderKL, create: bool = False) -> FidelityBranch | None:
-    """RUN/fidelity (checked against the VAE), a fresh branch when `create` and there is none, else None."""
+def run_fidelity(run: Path, vae: AutoencoderKL, create: bool = False, width: int | None = None
+                 ) -> FidelityBranch | None:
+    """RUN/fidelity (checked against the VAE), widened to `width` where given; a fresh branch (of `width`
+    channels, else the default) when `create` and there is none; else None."""
     branch = load_fidelity(run, vae)
-    if branch is None and create:
-        branch = FidelityBranch.for_vae(vae)
-    return branch
+    if branch is None:
+        return FidelityBranch.for_vae(vae, **({"width": width} if width else {})) if create else None
+    if width is None or width == branch.config.width:
+        return branch
+    try:
+        return branch.widened(width)
+    except ValueError as error:
+        raise SpireError(f"--fidelity-width: {run / 'fidelity'}: {error}") from None
 
 
 def fidelity_needs_landings(folder: Path) -> str:

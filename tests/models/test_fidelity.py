@@ -88,3 +88,24 @@ def test_a_branch_that_does_not_fit_is_refused(tmp_path):
     model.save(tmp_path / "m")
     with pytest.raises(ModelLoadError, match="fidelity.*does not fit"):
         load_model(tmp_path / "m")
+
+
+def test_widened_branch_computes_the_same_and_can_then_learn(tiny_model):
+    """A trained branch grown wider decodes exactly as before; its new channels reach the decoder only through
+    head weights that start at zero (and get a gradient, so training can use them); narrowing is refused."""
+    latent, y_image = inputs(tiny_model)
+    branch = randomize_fidelity(FidelityBranch.for_vae(tiny_model.vae, width=8))
+    wide = branch.widened(12)
+    assert wide.config.width == 12 and wide.config.point_channels == branch.config.point_channels
+    with torch.no_grad():
+        for narrow_features, wide_features in zip(branch(y_image), wide(y_image)):
+            torch.testing.assert_close(wide_features, narrow_features)
+        torch.testing.assert_close(VaeDecoderNet(tiny_model.vae, wide)(latent, y_image),
+                                   VaeDecoderNet(tiny_model.vae, branch)(latent, y_image))
+    assert all(not head.weight[:, 8:].any() for head in wide.heads)
+    assert wide.stem[0].weight[8:].abs().sum() > 0  # the new channels are not dead: they carry features
+    sum(features.square().sum() for features in wide(y_image)).backward()
+    assert all(head.weight.grad[:, 8:].abs().sum() > 0 for head in wide.heads)
+    assert branch.widened(8).state_dict().keys() == branch.state_dict().keys()
+    with pytest.raises(ValueError, match="widened, not narrowed: it has 8 channels, asked 4"):
+        branch.widened(4)

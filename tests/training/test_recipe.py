@@ -864,3 +864,52 @@ def test_train_cli_passes_fidelity_on(tmp_path, capsys):
                  "--landing-rate", "0.8"])
     assert code == 2 and "needs --landing-rate 1" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
+
+
+def test_fidelity_width_sizes_a_fresh_branch_and_widens_a_trained_one(run_folder, tmp_path):
+    """--fidelity-width: a fresh branch of that width; RUN/fidelity widened to it, decoding as before, trained and
+    saved wide; a --resume whose checkpoint holds the narrower branch, or a narrower width, is refused before
+    anything is written."""
+    from spire_rt.errors import SpireError
+    from spire_rt.models.networks import VaeDecoderNet
+    from spire_rt.models.spire_model import load_component
+
+    copy_decoder_inputs(run_folder[0], tmp_path)
+    options = {"landing_rate": 1.0, "fidelity": True}
+    fresh = make_stage(config(tmp_path, "decoder", steps=2, fidelity_width=8, **options), recipe.DecoderStage)
+    assert fresh.fidelity.config.width == 8
+    fresh.train()
+    narrow = load_component(tmp_path / "fidelity", "fidelity")
+    assert narrow.config.width == 8
+
+    wide = make_stage(config(tmp_path, "decoder", steps=2, fidelity_width=12, **options), recipe.DecoderStage)
+    assert wide.fidelity.config.width == 12
+    latent, y = torch.randn(1, 4, 8, 8), torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(VaeDecoderNet(wide.vae, wide.fidelity)(latent, y),
+                                   VaeDecoderNet(wide.vae, narrow)(latent, y))
+    saved_before = (tmp_path / "fidelity" / "config.json").read_text()
+    with pytest.raises(SpireError, match="holds a fidelity branch of 8 channels and --fidelity-width asks for 12"):
+        make_stage(config(tmp_path, "decoder", steps=2, resume=True, fidelity_width=12, **options),
+                   recipe.DecoderStage)
+    with pytest.raises(SpireError, match="widened, not narrowed: it has 8 channels, asked 4"):
+        make_stage(config(tmp_path, "decoder", steps=2, fidelity_width=4, **options), recipe.DecoderStage)
+    assert (tmp_path / "fidelity" / "config.json").read_text() == saved_before
+
+    wide.train()
+    assert load_component(tmp_path / "fidelity", "fidelity").config.width == 12
+    resumed = make_stage(config(tmp_path, "decoder", steps=1, resume=True, fidelity_width=12, **options),
+                         recipe.DecoderStage)
+    assert resumed.fidelity.config.width == 12
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--fidelity-width", "48", "--landing-rate", "1"], "--fidelity-width needs --fidelity"),
+    (["--fidelity", "--fidelity-width", "0", "--landing-rate", "1"], "--fidelity-width must be 1 or more, got 0"),
+])
+def test_train_cli_refuses_bad_fidelity_widths(tmp_path, capsys, arguments, message):
+    from spire_rt.cli import main
+
+    code = main(["train", "--stage", "decoder", "--out", str(tmp_path / "cli"), "--steps", "1", *arguments])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
