@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import torch
 
-from spire_rt.evaluation.benchmark import build_cases
+from spire_rt.evaluation.benchmark import FAMILIES, build_cases
 from spire_rt.evaluation.cli import load_images
 from spire_rt.models.networks import VaeDecoderNet
 from spire_rt.models.spire_model import load_model
@@ -25,7 +25,7 @@ from spire_rt.training.recipe import Landings, psnr
 
 TILES = (64, 128)
 model = load_model(sys.argv[1])
-families = tuple(sys.argv[2:]) or ("denoise_0.10", "deblur_2.0", "dejpeg_20", "upsample_2x", "mixed", "mixed_blind")
+families = tuple(sys.argv[2:]) or tuple(FAMILIES)
 decoder = VaeDecoderNet(model.vae, model.fidelity).eval()
 landings = Landings(model, torch.device("cpu"))
 

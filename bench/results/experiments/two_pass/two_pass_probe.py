@@ -12,14 +12,14 @@ import sys
 
 import numpy as np
 
-from spire_rt.evaluation.benchmark import build_cases, restore_with_model
+from spire_rt.evaluation.benchmark import FAMILIES, build_cases, restore_with_model
 from spire_rt.evaluation.cli import load_images
 from spire_rt.evaluation.metrics import as_float, psnr
 from spire_rt.pipeline import Restorer
 from spire_rt.prompts import BLIND_PROMPT
 
 restorer = Restorer.from_pretrained(sys.argv[1], backend="onnxruntime", device="cpu")
-families = tuple(sys.argv[2:]) or ("denoise_0.10", "deblur_2.0", "dejpeg_20", "upsample_2x", "mixed", "mixed_blind")
+families = tuple(sys.argv[2:]) or tuple(FAMILIES)
 
 rows = {}
 for case in build_cases(load_images("skimage-validation"), seed=0, families=families):
