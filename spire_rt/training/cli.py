@@ -37,6 +37,10 @@ def register(commands) -> None:
                              "loop, and make the dead-leaves pool; a GPU needs several to stay busy (default 0: "
                              "the loop draws them itself, and --resume carries the same random stream on)")
     parser.add_argument("--resume", action="store_true", help="carry on from OUT/<stage>.ckpt")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start the stage again although OUT/<stage>.ckpt exists (without --resume or --fresh "
+                             "such a run is refused); the earlier checkpoint and log are kept as "
+                             "OUT/<stage>.<UTC time>.ckpt and .jsonl")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--leaves", type=int, default=128, help="procedural dead-leaves images in the data pool")
     parser.add_argument("--rgb-permute", type=float, default=0.0,
@@ -78,8 +82,8 @@ def register(commands) -> None:
                              "exists, every stage decodes through it)")
     parser.add_argument("--fidelity-width", type=int, metavar="W",
                         help="decoder, with --fidelity: a fresh branch's channels (default 32), or OUT/fidelity's "
-                             "widened to W without changing its output, for the decoder stage to put to use (not "
-                             "with --resume, whose checkpoint holds the narrower branch)")
+                             "widened to W without changing its output, for the decoder stage to put to use (with "
+                             "--fresh, not --resume, whose checkpoint holds the narrower branch)")
     parser.add_argument("--default-strength", type=float,
                         help="ship: the SDEdit strength to record as the model's default (chosen on validation "
                              "images; otherwise the adaptor stage's middle of --strength)")
@@ -135,6 +139,7 @@ def run_train(args) -> int:
         return 0
     config = StageConfig(stage=args.stage, out=Path(args.out), steps=args.steps, minutes=args.minutes,
                          batch=args.batch, crop=args.crop, lr=args.lr, device=args.device, resume=args.resume,
+                         fresh=args.fresh,
                          seed=args.seed, threads=args.threads, workers=args.workers,
                          checkpoint_minutes=args.checkpoint_minutes, eval_minutes=args.eval_minutes,
                          leaves=args.leaves, quiet=args.quiet,

@@ -10,7 +10,7 @@
              the degraded image itself steers the decoder                              -> RUN/fidelity/
              Once RUN/fidelity exists every stage decodes through it, as the runtime does. --fidelity-width W
              sets a fresh branch's channels, or widens RUN/fidelity's to W without changing its output
-             (FidelityBranch.widened; not with --resume, whose checkpoint holds the narrower branch).
+             (FidelityBranch.widened; with --fresh, not --resume, whose checkpoint holds the narrower branch).
     prior    the UNet, unconditional (semantic prompt always ""), v-prediction on latents -> RUN/unet/, RUN/text_encoder/
     adaptor  VAE and UNet frozen; the modulated adaptor and the text encoder learn the restoration prompt
              on pairs from spire_rt.degrade (20% "Remove all degradation")               -> RUN/model/ (a SPIRE folder)
@@ -29,7 +29,9 @@
              prompt says (training/ranking.py): what eval --sweep scores, asked for directly.
 
 Each stage reads the folders the previous one wrote, checkpoints to RUN/<stage>.ckpt every few minutes (model,
-optimiser, step, RNG states, so --resume carries on), and logs JSON lines to RUN/<stage>.jsonl. A stage stops at
+optimiser, step, RNG states, so --resume carries on), and logs JSON lines to RUN/<stage>.jsonl. A run that finds
+RUN/<stage>.ckpt is refused unless it says --resume, or --fresh, which keeps the earlier checkpoint and log under a
+dated name (RUN/<stage>.<UTC time>.ckpt) and starts the stage again. A stage stops at
 --steps or --minutes, whichever comes first; its folder is rewritten at every checkpoint, so a stage cut short
 still leaves something the next one can read. The learning rate follows a cosine over the run's budget. With
 --workers N, N processes draw the batches (crops and degradations) beside the loop, which a GPU needs to stay busy;
@@ -81,6 +83,7 @@ class StageConfig:
     lr: float | None = None
     device: str = "cpu"
     resume: bool = False
+    fresh: bool = False  # start again although RUN/<stage>.ckpt exists (it is kept under a dated name)
     seed: int = 0
     threads: int = 2
     workers: int = 0  # processes drawing batches beside the loop (0: the loop draws them, from self.rng)
@@ -142,10 +145,36 @@ def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
         raise SpireError("--device cuda: no CUDA device is available")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every step has the same shapes
+    check_earlier_run(config)
     config.out.mkdir(parents=True, exist_ok=True)
     stages = {"vae": VaeStage, "decoder": DecoderStage, "prior": PriorStage, "adaptor": AdaptorStage}
     trainer = stages[config.stage](config, preset, device)
     return trainer.train()
+
+
+def check_earlier_run(config: StageConfig) -> None:
+    """A stage writes RUN/<stage>.ckpt from its first checkpoint on, so a run that did not say what to do with an
+    earlier one is refused before anything is written."""
+    if config.resume and config.fresh:
+        raise SpireError("--resume carries on from the earlier checkpoint and --fresh starts again: give one")
+    checkpoint = config.out / f"{config.stage}.ckpt"
+    if checkpoint.exists() and not (config.resume or config.fresh):
+        raise SpireError(f"{checkpoint} holds an earlier run of the {config.stage} stage: give --resume to carry "
+                         "it on, or --fresh to start again (the earlier checkpoint and log are kept, renamed)")
+
+
+def set_earlier_run_aside(out: Path, stage: str, quiet: bool = False) -> None:
+    """--fresh: RUN/<stage>.ckpt and .jsonl renamed to RUN/<stage>.<UTC time>.ckpt and .jsonl, never deleted."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    earlier = [path for path in (out / f"{stage}.ckpt", out / f"{stage}.jsonl") if path.exists()]
+    asides = [path.with_name(f"{stage}.{stamp}{path.suffix}") for path in earlier]
+    taken = [aside.name for aside in asides if aside.exists()]
+    if taken:
+        raise SpireError(f"--fresh: {', '.join(taken)} exists already in {out}; run again in a second")
+    for path, aside in zip(earlier, asides):
+        path.rename(aside)
+        if not quiet:
+            print(f"--fresh: the earlier {path.name} is kept as {aside.name}")
 
 
 def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
@@ -230,6 +259,8 @@ class Stage:
         self.log_path = self.out / f"{self.name}.jsonl"
         if config.resume:
             self.load_checkpoint()
+        elif config.fresh:  # only now that the stage has built: a refused run leaves the earlier one in place
+            set_earlier_run_aside(self.out, self.name, config.quiet)
 
     # --- what each stage provides -----------------------------------------------------------------------------
     def build(self) -> None:
@@ -488,8 +519,8 @@ class DecoderStage(VaeStage):
             saved_width, width = saved["fidelity"]["stem.0.weight"].shape[0], self.fidelity.config.width
             if saved_width != width:
                 raise SpireError(f"--resume: {self.checkpoint_path} holds a fidelity branch of {saved_width} "
-                                 f"channels and --fidelity-width asks for {width}; widen it without --resume (the "
-                                 "decoder carries on from RUN/vae with a fresh optimiser)")
+                                 f"channels and --fidelity-width asks for {width}; widen it with --fresh instead of --resume "
+                                 "(the decoder carries on from RUN/vae with a fresh optimiser)")
             self.fidelity.load_state_dict(saved["fidelity"])
 
     def batch_plan(self) -> BatchPlan:

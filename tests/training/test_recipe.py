@@ -317,6 +317,30 @@ def test_resume_carries_on_from_the_checkpoint(run_folder):
     assert record["step"] == steps + 2
 
 
+def test_a_rerun_keeps_the_earlier_checkpoint_unless_told(tmp_path, capsys):
+    """A stage whose RUN/<stage>.ckpt exists runs only with --resume or --fresh. The refusal writes nothing; --fresh
+    starts again and keeps the earlier checkpoint and log, byte for byte, under a dated name."""
+    from spire_rt.cli import main
+    from spire_rt.errors import SpireError
+
+    recipe.run_stage(config(tmp_path, "vae", steps=1), SMALL)
+    earlier = {path: path.read_bytes() for path in (tmp_path / "vae.ckpt", tmp_path / "vae.jsonl")}
+    files = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SpireError, match="holds an earlier run of the vae stage: give --resume .* or --fresh"):
+        recipe.run_stage(config(tmp_path, "vae", steps=1), SMALL)
+    code = main(["train", "--stage", "vae", "--out", str(tmp_path), "--steps", "1", "--fresh", "--resume"])
+    assert code == 2 and "give one" in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == files
+    assert all(path.read_bytes() == content for path, content in earlier.items())
+
+    record = recipe.run_stage(config(tmp_path, "vae", steps=2, fresh=True), SMALL)
+    assert record["step"] == 2  # started again, not carried on
+    for path, content in earlier.items():
+        (kept,) = tmp_path.glob(f"vae.2*{path.suffix}")
+        assert kept.read_bytes() == content
+    assert json.loads((tmp_path / "vae.jsonl").read_text().splitlines()[0])["step"] == 1
+
+
 def test_stage_needs_a_budget(tmp_path):
     from spire_rt.errors import SpireError
 
@@ -867,9 +891,9 @@ def test_train_cli_passes_fidelity_on(tmp_path, capsys):
 
 
 def test_fidelity_width_sizes_a_fresh_branch_and_widens_a_trained_one(run_folder, tmp_path):
-    """--fidelity-width: a fresh branch of that width; RUN/fidelity widened to it, decoding as before, trained and
-    saved wide; a --resume whose checkpoint holds the narrower branch, or a narrower width, is refused before
-    anything is written."""
+    """--fidelity-width: a fresh branch of that width; RUN/fidelity widened to it (with --fresh), decoding as
+    before, trained and saved wide; a --resume whose checkpoint holds the narrower branch, or a narrower width, is
+    refused before anything is written or set aside."""
     from spire_rt.errors import SpireError
     from spire_rt.models.networks import VaeDecoderNet
     from spire_rt.models.spire_model import load_component
@@ -882,20 +906,24 @@ def test_fidelity_width_sizes_a_fresh_branch_and_widens_a_trained_one(run_folder
     narrow = load_component(tmp_path / "fidelity", "fidelity")
     assert narrow.config.width == 8
 
-    wide = make_stage(config(tmp_path, "decoder", steps=2, fidelity_width=12, **options), recipe.DecoderStage)
-    assert wide.fidelity.config.width == 12
-    latent, y = torch.randn(1, 4, 8, 8), torch.rand(1, 3, 16, 16) * 2 - 1
-    with torch.no_grad():
-        torch.testing.assert_close(VaeDecoderNet(wide.vae, wide.fidelity)(latent, y),
-                                   VaeDecoderNet(wide.vae, narrow)(latent, y))
     saved_before = (tmp_path / "fidelity" / "config.json").read_text()
     with pytest.raises(SpireError, match="holds a fidelity branch of 8 channels and --fidelity-width asks for 12"):
         make_stage(config(tmp_path, "decoder", steps=2, resume=True, fidelity_width=12, **options),
                    recipe.DecoderStage)
     with pytest.raises(SpireError, match="widened, not narrowed: it has 8 channels, asked 4"):
-        make_stage(config(tmp_path, "decoder", steps=2, fidelity_width=4, **options), recipe.DecoderStage)
+        make_stage(config(tmp_path, "decoder", steps=2, fidelity_width=4, fresh=True, **options),
+                   recipe.DecoderStage)
     assert (tmp_path / "fidelity" / "config.json").read_text() == saved_before
+    assert (tmp_path / "decoder.ckpt").exists()  # a refused run sets nothing aside
 
+    wide = make_stage(config(tmp_path, "decoder", steps=2, fidelity_width=12, fresh=True, **options),
+                      recipe.DecoderStage)
+    assert wide.fidelity.config.width == 12
+    assert len(list(tmp_path.glob("decoder.2*.ckpt"))) == 1  # the narrow run's checkpoint, kept
+    latent, y = torch.randn(1, 4, 8, 8), torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(VaeDecoderNet(wide.vae, wide.fidelity)(latent, y),
+                                   VaeDecoderNet(wide.vae, narrow)(latent, y))
     wide.train()
     assert load_component(tmp_path / "fidelity", "fidelity").config.width == 12
     resumed = make_stage(config(tmp_path, "decoder", steps=1, resume=True, fidelity_width=12, **options),
