@@ -518,8 +518,10 @@ class DecoderStage(VaeStage):
                                  f"{self.out / 'fidelity'} is gone")
             saved_width, width = saved["fidelity"]["stem.0.weight"].shape[0], self.fidelity.config.width
             if saved_width != width:
+                asked = (f"--fidelity-width asks for {width}" if self.config.fidelity_width is not None
+                         else f"{self.out / 'fidelity'} has {width}")
                 raise SpireError(f"--resume: {self.checkpoint_path} holds a fidelity branch of {saved_width} "
-                                 f"channels and --fidelity-width asks for {width}; widen it with --fresh instead of --resume "
+                                 f"channels and {asked}; to widen a branch, give --fresh instead of --resume "
                                  "(the decoder carries on from RUN/vae with a fresh optimiser)")
             self.fidelity.load_state_dict(saved["fidelity"])
 

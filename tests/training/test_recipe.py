@@ -929,6 +929,9 @@ def test_fidelity_width_sizes_a_fresh_branch_and_widens_a_trained_one(run_folder
     resumed = make_stage(config(tmp_path, "decoder", steps=1, resume=True, fidelity_width=12, **options),
                          recipe.DecoderStage)
     assert resumed.fidelity.config.width == 12
+    narrow.save_pretrained(tmp_path / "fidelity")  # RUN/fidelity swapped by hand for a branch of another width
+    with pytest.raises(SpireError, match=r"holds a fidelity branch of 12 channels and \S*fidelity has 8"):
+        make_stage(config(tmp_path, "decoder", steps=1, resume=True, **options), recipe.DecoderStage)
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
