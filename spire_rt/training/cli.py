@@ -43,6 +43,10 @@ def register(commands) -> None:
                              "OUT/<stage>.<UTC time>.ckpt and .jsonl")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--leaves", type=int, default=128, help="procedural dead-leaves images in the data pool")
+    parser.add_argument("--blind-rate", type=float,
+                        help="adaptor (and decoder with --landing-rate): share of the pairs whose prompt is replaced "
+                             "by \"Remove all degradation\" (default 0.2, training/data.py's BLIND_RATE; a resume "
+                             "may change it)")
     parser.add_argument("--rgb-permute", type=float, default=0.0,
                         help="share of training crops drawn with their RGB channels in another order, for hue "
                              "variety (most of the bundled photographs are grey; default 0)")
@@ -149,7 +153,8 @@ def run_train(args) -> int:
                          landing_rate=args.landing_rate, rank_rate=args.rank_rate,
                          precision=args.precision, rgb_permute=args.rgb_permute,
                          train_unet=args.train_unet, fidelity=args.fidelity,
-                         fidelity_width=args.fidelity_width)
+                         fidelity_width=args.fidelity_width,
+                         **({"blind_rate": args.blind_rate} if args.blind_rate is not None else {}))
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))
     return 0

@@ -216,21 +216,22 @@ def degraded_pairs(clean: torch.Tensor, rng: np.random.Generator, blind_rate: fl
 class BatchPlan:
     """What one training step draws: `batch` clean crops of side `crop`; the first `degraded` of them also get a
     degraded pair and its prompt (`single_rate` of those degraded by one operation, drawn in proportion to
-    `single_weights`, as in degraded_pairs)."""
+    `single_weights`, and `blind_rate` of them prompted "Remove all degradation", as in degraded_pairs)."""
 
     batch: int
     crop: int
     degraded: int = 0
     single_rate: float = 0.0
     single_weights: tuple[float, ...] | None = None
+    blind_rate: float = BLIND_RATE
 
     def draw(self, images: TrainingImages, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """(clean [batch, 3, crop, crop], y [degraded, 3, crop, crop], prompts), on the CPU."""
         clean = images.crops(rng, self.batch, self.crop)
         if not self.degraded:
             return clean, clean[:0], []
-        y, prompts = degraded_pairs(clean[:self.degraded], rng, single_rate=self.single_rate,
-                                    single_weights=self.single_weights)
+        y, prompts = degraded_pairs(clean[:self.degraded], rng, blind_rate=self.blind_rate,
+                                    single_rate=self.single_rate, single_weights=self.single_weights)
         return clean, y, prompts
 
 

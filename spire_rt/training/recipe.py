@@ -22,6 +22,7 @@
              so a small model also learns to undo one well-stated degradation; a resume may change it.
              --single-weights B D N J draws blur, downscale, noise and JPEG in that proportion for those pairs
              (default equally), to tilt a leg toward a family it is losing.
+             --blind-rate R prompts that share of the pairs "Remove all degradation" (default 0.2, BLIND_RATE).
              --loss-space pixel scores the landed latent through the frozen VAE decoder against the clean
              crop instead (what eval measures); a resume may change it too.
              --rank-rate R restores that share of the pairs a second time with a stated noise or blur sigma
@@ -65,7 +66,7 @@ from ..models.spire_model import SpireModel, load_component, load_fidelity, load
 from ..models.tokenizer import MAX_LENGTH, build_grammar_tokenizer
 from ..sampling import SAMPLERS, NoiseSchedule, trailing_timesteps
 from ..staging import staged_folder
-from .data import HELD_OUT, BatchPlan, TrainingImages, load_skimage_image, worker_batches
+from .data import BLIND_RATE, HELD_OUT, BatchPlan, TrainingImages, load_skimage_image, worker_batches
 from .ranking import high_frequency_energy, raised_prompt, rank_hinge
 from .ship import check_same_encoder
 
@@ -97,6 +98,7 @@ class StageConfig:
     start_noise: float = 1.0  # adaptor, with strength: the scale of the noise at the start (0: deterministic)
     single_rate: float = 0.0  # adaptor: share of pairs degraded by one stage-1 operation instead of two stages
     single_weights: tuple[float, ...] | None = None  # how often each single operation is drawn (None: equally)
+    blind_rate: float = BLIND_RATE  # share of pairs prompted "Remove all degradation" instead of their prompt
     loss_space: str = "latent"  # adaptor, one-step: where the landed x0 is scored ("latent" or "pixel")
     landing_rate: float = 0.0  # decoder: share of each batch decoded from RUN/model's restorations
     rank_rate: float = 0.0  # adaptor, one-step: share of pairs also restored with a raised sigma (ranking.py)
@@ -184,6 +186,10 @@ def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
         raise SpireError("--single-rate applies to the adaptor stage (and the decoder stage with --landing-rate)")
     if not 0 <= config.single_rate <= 1:
         raise SpireError(f"--single-rate must be in [0, 1], got {config.single_rate}")
+    if config.blind_rate != BLIND_RATE and config.stage != "adaptor" and not config.landing_rate:
+        raise SpireError("--blind-rate applies to the adaptor stage (and the decoder stage with --landing-rate)")
+    if not 0 <= config.blind_rate <= 1:
+        raise SpireError(f"--blind-rate must be in [0, 1], got {config.blind_rate}")
     if config.single_weights is not None:
         if not config.single_rate:
             raise SpireError("--single-weights needs --single-rate above 0 (it weights the single-operation pairs)")
@@ -293,10 +299,11 @@ class Stage:
         return self.plan_with_pairs(degraded=0)
 
     def plan_with_pairs(self, degraded: int) -> BatchPlan:
-        """A batch whose first `degraded` crops get a degraded pair, drawn as --single-rate/--single-weights say."""
+        """A batch whose first `degraded` crops get a degraded pair, drawn as --single-rate, --single-weights and
+        --blind-rate say."""
         config = self.config
         return BatchPlan(config.batch, config.crop, degraded=degraded, single_rate=config.single_rate,
-                         single_weights=config.single_weights)
+                         single_weights=config.single_weights, blind_rate=config.blind_rate)
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def train(self) -> dict:

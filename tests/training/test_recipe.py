@@ -420,6 +420,28 @@ def test_train_cli_passes_single_weights_on(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_blind_rate_sets_the_share_of_blind_prompts(tmp_path, capsys):
+    """--blind-rate: 0 keeps every pair's own prompt, 1 makes every prompt the blind one, and the default draws
+    the same stream as before the option; out-of-range or misplaced rates are refused, from the CLI too."""
+    from spire_rt.cli import main
+    from spire_rt.errors import SpireError
+
+    images = TrainingImages.load(leaves=2, seed=0, cache=tmp_path / "cache")
+
+    def prompts(**rates):
+        return BatchPlan(batch=8, crop=16, degraded=8, **rates).draw(images, np.random.default_rng(3))[2]
+
+    assert BLIND_PROMPT not in prompts(blind_rate=0.0)
+    assert prompts(blind_rate=1.0) == [BLIND_PROMPT] * 8
+    rng = np.random.default_rng(3)  # the default draws what degraded_pairs' own default (BLIND_RATE) draws
+    assert prompts() == degraded_pairs(images.crops(rng, 8, 16), rng)[1]
+    with pytest.raises(SpireError, match=r"--blind-rate must be in \[0, 1\], got 1.5"):
+        recipe.run_stage(config(tmp_path / "run", "adaptor", blind_rate=1.5), SMALL)
+    code = main(["train", "--stage", "vae", "--out", str(tmp_path / "cli"), "--steps", "1", "--blind-rate", "0.5"])
+    assert code == 2 and "--blind-rate applies to the adaptor stage" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists() and not (tmp_path / "run").exists()
+
+
 def test_rgb_permute_reorders_the_channels_of_that_share_of_crops():
     rng = np.random.default_rng(3)
     photo = rng.random((40, 40, 3)).astype(np.float32)  # every channel differs from the others
