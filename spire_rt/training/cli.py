@@ -12,6 +12,7 @@ UNPACK_STAGE = "unpack"
 
 
 def register(commands) -> None:
+    from .data import BLIND_RATE
     from .recipe import LOSS_SPACES, PRECISIONS, STAGES
 
     parser = commands.add_parser("train", help="train a stage of the spire-tiny recipe (vae, prior, adaptor)")
@@ -43,10 +44,9 @@ def register(commands) -> None:
                              "OUT/<stage>.<UTC time>.ckpt and .jsonl")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--leaves", type=int, default=128, help="procedural dead-leaves images in the data pool")
-    parser.add_argument("--blind-rate", type=float,
+    parser.add_argument("--blind-rate", type=float, default=BLIND_RATE,
                         help="adaptor (and decoder with --landing-rate): share of the pairs whose prompt is replaced "
-                             "by \"Remove all degradation\" (default 0.2, training/data.py's BLIND_RATE; a resume "
-                             "may change it)")
+                             f"by \"Remove all degradation\" (default {BLIND_RATE}; a resume may change it)")
     parser.add_argument("--rgb-permute", type=float, default=0.0,
                         help="share of training crops drawn with their RGB channels in another order, for hue "
                              "variety (most of the bundled photographs are grey; default 0)")
@@ -153,8 +153,7 @@ def run_train(args) -> int:
                          landing_rate=args.landing_rate, rank_rate=args.rank_rate,
                          precision=args.precision, rgb_permute=args.rgb_permute,
                          train_unet=args.train_unet, fidelity=args.fidelity,
-                         fidelity_width=args.fidelity_width,
-                         **({"blind_rate": args.blind_rate} if args.blind_rate is not None else {}))
+                         fidelity_width=args.fidelity_width, blind_rate=args.blind_rate)
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))
     return 0
