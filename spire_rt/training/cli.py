@@ -77,6 +77,10 @@ def register(commands) -> None:
                         help="adaptor: train the UNet's weights along with the adaptor and text encoder, instead of "
                              "keeping the prior frozen (OUT/model gets the tuned UNet; OUT/unet, the prior, stays). "
                              "A resume without it keeps the UNet an earlier run tuned, frozen")
+    parser.add_argument("--train-decoder", action="store_true",
+                        help="adaptor, with --loss-space pixel: train the VAE's decoder and OUT/fidelity on the same "
+                             "one-step loss, with the adaptor instead of in decoder-stage turns (OUT/vae and "
+                             "OUT/fidelity get them; the encoder stays)")
     parser.add_argument("--landing-rate", type=float, default=0.0,
                         help="decoder: share of each batch decoded from OUT/model's own restorations of degraded "
                              "pairs (its default sampling) instead of clean latents (default 0; see the recipe)")
@@ -152,7 +156,8 @@ def run_train(args) -> int:
                          single_weights=tuple(args.single_weights) if args.single_weights else None,
                          landing_rate=args.landing_rate, rank_rate=args.rank_rate,
                          precision=args.precision, rgb_permute=args.rgb_permute,
-                         train_unet=args.train_unet, fidelity=args.fidelity,
+                         train_unet=args.train_unet, train_decoder=args.train_decoder,
+                         fidelity=args.fidelity,
                          fidelity_width=args.fidelity_width, blind_rate=args.blind_rate)
     record = run_stage(config, get_preset(args.preset))
     print(json.dumps(record))

@@ -25,6 +25,8 @@
              --blind-rate R prompts that share of the pairs "Remove all degradation" (default 0.2, BLIND_RATE).
              --loss-space pixel scores the landed latent through the frozen VAE decoder against the clean
              crop instead (what eval measures); a resume may change it too.
+             --train-decoder (with --loss-space pixel) trains RUN/vae's decoder and RUN/fidelity on that same
+             loss, with the adaptor rather than in turns with it           -> RUN/vae/, RUN/fidelity/ as well
              --rank-rate R restores that share of the pairs a second time with a stated noise or blur sigma
              raised, from the same start, and penalises a raised output whose detail does not move the way the
              prompt says (training/ranking.py): what eval --sweep scores, asked for directly.
@@ -42,6 +44,7 @@ bfloat16 autocast; the weights, the optimiser, the losses and the decoder stage'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -53,6 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch.func import functional_call
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..degrade import single_operation_shares
@@ -105,6 +109,7 @@ class StageConfig:
     precision: str = "fp32"  # "bf16": the forward passes under bfloat16 autocast (weights, optimiser, loss in fp32)
     rgb_permute: float = 0.0  # share of training crops drawn in another RGB order (data.RGB_ORDERS)
     train_unet: bool = False  # adaptor: train the UNet's weights too (a restoration-tuned prior; RUN/unet stays)
+    train_decoder: bool = False  # adaptor, pixel loss: train RUN/vae's decoder and RUN/fidelity on the same loss
     fidelity: bool = False  # decoder: train a fidelity branch (RUN/fidelity) with the decoder
     fidelity_width: int | None = None  # with fidelity: a fresh branch's channels, or RUN/fidelity's widened to
     extra: dict = field(default_factory=dict)
@@ -199,6 +204,9 @@ def check_stage_options(config: StageConfig, num_train_timesteps: int) -> None:
             raise SpireError(f"--single-weights: {error}") from None
     if config.train_unet and config.stage != "adaptor":
         raise SpireError("--train-unet applies to the adaptor stage only")
+    if config.train_decoder and (config.stage != "adaptor" or config.loss_space != "pixel"):
+        raise SpireError("--train-decoder applies to the adaptor stage with --loss-space pixel (only the pixel "
+                         "loss reaches the decoder)")
     if config.fidelity and config.stage != "decoder":
         raise SpireError("--fidelity applies to the decoder stage only")
     if config.fidelity and config.landing_rate != 1:
@@ -386,6 +394,7 @@ class Stage:
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
+            **self.checkpoint_extras(),
         }
         partial = self.checkpoint_path.with_suffix(".ckpt.partial")
         torch.save(state, partial)
@@ -404,7 +413,8 @@ class Stage:
                              f"{' '.join(map(str, saved_strength))} (one-step); give --strength again (and "
                              "--start-noise), or the run would fall back to the diffusion loss")
         self.load_modules(state["modules"])
-        self.optimizer.load_state_dict(carried_optimizer_state(state["optimizer"], self.optimizer.state_dict()))
+        self.optimizer.load_state_dict(carried_optimizer_state(self.saved_optimizer(state),
+                                                               self.optimizer.state_dict()))
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
@@ -413,6 +423,14 @@ class Stage:
     def saved_modules(self) -> dict[str, torch.nn.Module]:
         """What a checkpoint holds: the trained parts."""
         return self.trainable()
+
+    def checkpoint_extras(self) -> dict:
+        """Anything else a stage's checkpoint records beside its modules and optimiser."""
+        return {}
+
+    def saved_optimizer(self, state: dict) -> dict:
+        """The checkpoint's optimiser state that a resume may carry on (carried_optimizer_state)."""
+        return state["optimizer"]
 
     def load_modules(self, saved: dict[str, dict]) -> None:
         for name, module in self.trainable().items():
@@ -482,7 +500,7 @@ class DecoderStage(VaeStage):
     def build(self) -> None:
         self.vae = load_component(self.out / "vae", "vae").to(self.device)
         self.vae.requires_grad_(False)
-        self.decoder_parts = [self.vae.decoder, self.vae.post_quant_conv]
+        self.decoder_parts = vae_decoder_parts(self.vae)
         for part in self.decoder_parts:
             part.requires_grad_(True)
         self.fidelity = run_fidelity(self.out, self.vae, create=self.config.fidelity,
@@ -518,6 +536,7 @@ class DecoderStage(VaeStage):
         return {"vae": self.vae, "fidelity": self.fidelity} if self.fidelity is not None else {"vae": self.vae}
 
     def load_modules(self, saved):
+        moved = changed_tensors(self.vae, saved["vae"], DECODER_PREFIXES)
         self.vae.load_state_dict(saved["vae"])
         if "fidelity" in saved:
             if self.fidelity is None:
@@ -530,7 +549,14 @@ class DecoderStage(VaeStage):
                 raise SpireError(f"--resume: {self.checkpoint_path} holds a fidelity branch of {saved_width} "
                                  f"channels and {asked}; to widen a branch, give --fresh instead of --resume "
                                  "(the decoder carries on from RUN/vae with a fresh optimiser)")
+            moved += changed_tensors(self.fidelity, saved["fidelity"])
             self.fidelity.load_state_dict(saved["fidelity"])
+        if moved:
+            # Loading the checkpoint would put back the older weights over what the other stage trained.
+            raise SpireError(f"--resume: {self.out / 'vae'}'s decoder (or {self.out / 'fidelity'}) is not what "
+                             f"{self.checkpoint_path} left ({len(moved)} tensors differ): another stage trained it "
+                             "since (the adaptor stage's --train-decoder); give --fresh to carry it on with a fresh "
+                             "optimiser (the checkpoint is kept)")
 
     def batch_plan(self) -> BatchPlan:
         landed = round(self.config.landing_rate * self.config.batch) if self.landings is not None else 0
@@ -665,6 +691,30 @@ def diff(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.narrow(dim, 1, x.shape[dim] - 1) - x.narrow(dim, 0, x.shape[dim] - 1)
 
 
+DECODER_PREFIXES = ("decoder.", "post_quant_conv.")  # the VAE's tensors the decoder stage trains
+
+
+def vae_decoder_parts(vae: AutoencoderKL, fidelity: FidelityBranch | None = None) -> list[torch.nn.Module]:
+    """What decodes a latent: the VAE's decoder and post-quant convolution (and a fidelity branch, if any)."""
+    return [vae.decoder, vae.post_quant_conv, *([fidelity] if fidelity is not None else [])]
+
+
+def changed_tensors(module: torch.nn.Module, saved: dict, prefixes: tuple[str, ...] = ("",)) -> list[str]:
+    """The names under `prefixes` whose tensors in `module` differ from `saved`'s."""
+    return [name for name, tensor in module.state_dict().items()
+            if name.startswith(prefixes) and not torch.equal(tensor, saved[name].to(tensor.device))]
+
+
+def weights_fingerprint(modules: list[torch.nn.Module]) -> str:
+    """A digest of the modules' weights, to tell on a resume whether they are still the ones a checkpoint saw."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class LatentStage(Stage):
     """Shared by the prior and adaptor stages: the frozen VAE, the tokenizer, the noise schedule."""
 
@@ -754,6 +804,12 @@ class AdaptorStage(LatentStage):
         self.adaptor.requires_grad_(True)
         self.strength = torch.ones(1, device=self.device)
         self.tracking = tracking_images()
+        # --train-decoder: the decoder and its branch learn from the same one-step loss, with the adaptor rather
+        # than in turns with it. Their weights stay in RUN/vae and RUN/fidelity (written at every checkpoint, and
+        # what ship and the decoder stage read), not in this stage's checkpoint.
+        self.decoder_parts = vae_decoder_parts(self.vae, self.fidelity) if self.config.train_decoder else []
+        for part in self.decoder_parts:
+            part.requires_grad_(True)
 
     def trainable(self):
         parts = {"adaptor": self.adaptor, "text_encoder": self.text_encoder}
@@ -766,7 +822,23 @@ class AdaptorStage(LatentStage):
         groups = [{"params": list(self.adaptor.parameters()) + list(self.text_encoder.parameters())}]
         if self.config.train_unet:
             groups.append({"params": list(self.unet.parameters())})
+        if self.decoder_parts:  # last, so saved_optimizer can set its state aside
+            groups.append({"params": [p for part in self.decoder_parts for p in part.parameters()]})
         return groups
+
+    def checkpoint_extras(self):
+        return {"decoder_fingerprint": weights_fingerprint(self.decoder_parts)} if self.decoder_parts else {}
+
+    def saved_optimizer(self, state):
+        """The checkpoint's optimiser state, less the decoder group's when RUN/vae's decoder (or RUN/fidelity) is
+        no longer the one it was kept for: a decoder leg trained it since, so those moments are another run's."""
+        saved, fingerprint = state["optimizer"], state.get("decoder_fingerprint")
+        if fingerprint is None or not self.decoder_parts or fingerprint == weights_fingerprint(self.decoder_parts):
+            return saved
+        if not self.config.quiet:
+            print(f"--resume: {self.out / 'vae'}'s decoder changed since {self.checkpoint_path}; it carries on with "
+                  "fresh optimiser moments")
+        return {**saved, "param_groups": saved["param_groups"][:-1]}
 
     def saved_modules(self):
         return {**self.trainable(), "unet": self.unet} if self.unet_tuned else self.trainable()
@@ -837,14 +909,20 @@ class AdaptorStage(LatentStage):
         landed_raised = self.schedule.predict_x0(z_picked, prediction, t_picked)
         with torch.no_grad():  # the truthful restoration is the fixed point of the order; only the raised one moves
             stated_image = self.decoded(landed[index], y[index])
-        raised_image = self.decoded(landed_raised, y[index])
+        # The order is the prompt's to hold: a decoder trained here (--train-decoder) never sees the prompt, so
+        # the hinge reaches it through the latent only.
+        raised_image = self.decoded(landed_raised, y[index], frozen=True)
         with torch.autocast(self.device.type, enabled=False):  # fp32 under bf16: the 5% margin is a few bf16 steps
             stated, energy = high_frequency_energy(stated_image.float()), high_frequency_energy(raised_image.float())
         sign = torch.tensor([r.sign for r in raised], dtype=energy.dtype, device=self.device)
         return rank_hinge(stated, energy, sign).sum() / len(prompts), len(picked)
 
-    def decoded(self, latent: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The image in [0, 1] the frozen decoder makes of a latent restored from y, as the pipeline decodes it."""
+    def decoded(self, latent: torch.Tensor, y: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """The image in [0, 1] the decoder makes of a latent restored from y, as the pipeline decodes it; with
+        `frozen`, gradients reach the latent but not the decoder's weights."""
+        if frozen and self.decoder_parts:
+            weights = {name: p.detach() for name, p in self.vae_decoder.named_parameters()}
+            return (functional_call(self.vae_decoder, weights, (latent, y * 2 - 1)) + 1) / 2
         return (self.vae_decoder(latent, y * 2 - 1) + 1) / 2
 
     def landing_error(self, landed: torch.Tensor, clean: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -885,6 +963,10 @@ class AdaptorStage(LatentStage):
 
     def export(self) -> None:
         self.model().save(self.out / "model", overwrite=True)
+        if self.decoder_parts:
+            save_folder(self.vae, self.out / "vae")
+            if self.fidelity is not None:
+                save_folder(self.fidelity, self.out / "fidelity")
 
     def evaluate(self) -> dict:
         """PSNR gain over the degraded input on held-out crops, through the product's own pipeline."""

@@ -966,3 +966,83 @@ def test_train_cli_refuses_bad_fidelity_widths(tmp_path, capsys, arguments, mess
     code = main(["train", "--stage", "decoder", "--out", str(tmp_path / "cli"), "--steps", "1", *arguments])
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
+
+
+def test_train_decoder_trains_the_decoder_and_branch_with_the_adaptor(run_folder, tmp_path):
+    """--train-decoder: the decoder and fidelity branch learn on the adaptor's one-step pixel loss. RUN/vae and
+    RUN/fidelity get them (the encoder and scaling stay), RUN/model decodes with them, the checkpoint holds only a
+    fingerprint of them. A decoder leg's --resume, whose checkpoint holds the older decoder, is then refused;
+    --fresh carries the new one on; and the adaptor's next resume drops the decoder's stale optimiser moments."""
+    import shutil
+
+    from spire_rt.models.spire_model import load_component
+
+    copy_decoder_inputs(run_folder[0], tmp_path)
+    for part in ("unet", "text_encoder"):
+        shutil.copytree(run_folder[0] / part, tmp_path / part)
+    recipe.run_stage(config(tmp_path, "decoder", steps=3, landing_rate=1.0, fidelity=True), SMALL)
+    vae_before = load_component(tmp_path / "vae", "vae")
+    branch_before = load_component(tmp_path / "fidelity", "fidelity")
+    one_step = {"strength": (0.1, 0.3), "start_noise": 0.0, "loss_space": "pixel"}
+    stage = make_stage(config(tmp_path, "adaptor", steps=12, train_decoder=True, rank_rate=0.5, **one_step),
+                       recipe.AdaptorStage)
+    assert len(stage.optimizer.param_groups) == 2  # adaptor and text encoder, then the decoder and branch
+    before = held_loss(stage)
+    stage.train()
+    assert held_loss(stage) < before
+
+    vae, branch = load_component(tmp_path / "vae", "vae"), load_component(tmp_path / "fidelity", "fidelity")
+    assert same_weights(vae.encoder, vae_before.encoder) and same_weights(vae.quant_conv, vae_before.quant_conv)
+    assert vae.config.scaling_factor == vae_before.config.scaling_factor
+    assert not same_weights(vae.decoder, vae_before.decoder) and not same_weights(branch, branch_before)
+    model = load_model(tmp_path / "model")
+    assert same_weights(model.vae, vae) and same_weights(model.fidelity, branch)
+    state = torch.load(tmp_path / "adaptor.ckpt", weights_only=False)
+    assert set(state["modules"]) == {"adaptor", "text_encoder"} and len(state["decoder_fingerprint"]) == 64
+
+    from spire_rt.errors import SpireError
+
+    with pytest.raises(SpireError, match="another stage trained it since .* give --fresh"):
+        recipe.run_stage(config(tmp_path, "decoder", steps=1, landing_rate=1.0, fidelity=True, resume=True), SMALL)
+    assert same_weights(load_component(tmp_path / "vae", "vae"), vae)  # refused before anything was written
+    recipe.run_stage(config(tmp_path, "decoder", steps=2, landing_rate=1.0, fidelity=True, fresh=True), SMALL)
+    after_decoder_leg = load_component(tmp_path / "vae", "vae")
+    assert not same_weights(after_decoder_leg.decoder, vae.decoder)  # it carried the joint leg's decoder on
+
+    resumed = make_stage(config(tmp_path, "adaptor", steps=1, train_decoder=True, resume=True, **one_step),
+                         recipe.AdaptorStage)
+    decoder_params = [p for part in resumed.decoder_parts for p in part.parameters()]
+    assert all(p not in resumed.optimizer.state for p in decoder_params)
+    assert all(p in resumed.optimizer.state for p in resumed.adaptor.parameters())
+    assert same_weights(resumed.vae.decoder, after_decoder_leg.decoder)  # RUN/vae's decoder, not an older one
+
+    kept = {path.name: path.read_bytes() for path in (tmp_path / "vae").iterdir()}
+    recipe.run_stage(config(tmp_path, "adaptor", steps=1, resume=True, **one_step), SMALL)
+    assert {path.name: path.read_bytes() for path in (tmp_path / "vae").iterdir()} == kept  # untouched without it
+
+
+def test_rank_penalty_reaches_a_trained_decoder_through_the_latent_only(run_folder, tmp_path):
+    copy_adaptor_inputs(run_folder[0], tmp_path)
+    stage = make_stage(config(tmp_path, "adaptor", strength=(0.1, 0.3), start_noise=0.0, loss_space="pixel",
+                              train_decoder=True), recipe.AdaptorStage)
+    latent, y = torch.randn(1, 4, 8, 8, requires_grad=True), torch.rand(1, 3, 16, 16)
+    decoder_params = [p for part in stage.decoder_parts for p in part.parameters()]
+    stage.decoded(latent, y, frozen=True).square().sum().backward()
+    assert latent.grad is not None and latent.grad.abs().sum() > 0
+    assert all(p.grad is None for p in decoder_params)
+    frozen_image = stage.decoded(latent, y, frozen=True).detach()
+    stage.decoded(latent, y).square().sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder_params)
+    torch.testing.assert_close(stage.decoded(latent, y).detach(), frozen_image)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--stage", "decoder", "--landing-rate", "1"], "--train-decoder applies to the adaptor stage with --loss-space"),
+    (["--stage", "adaptor", "--strength", "0.1", "0.3"], "only the pixel loss reaches the decoder"),
+])
+def test_train_decoder_is_refused_without_the_pixel_loss(tmp_path, capsys, arguments, message):
+    from spire_rt.cli import main
+
+    code = main(["train", *arguments, "--out", str(tmp_path / "cli"), "--steps", "1", "--train-decoder"])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
