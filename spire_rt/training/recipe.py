@@ -716,7 +716,8 @@ def weights_fingerprint(modules: list[torch.nn.Module]) -> str:
 
 
 class LatentStage(Stage):
-    """Shared by the prior and adaptor stages: the frozen VAE, the tokenizer, the noise schedule."""
+    """Shared by the prior and adaptor stages: the VAE (frozen, unless --train-decoder), the tokenizer, the noise
+    schedule."""
 
     def build_common(self) -> None:
         self.vae = load_component(self.out / "vae", "vae").to(self.device)
@@ -929,7 +930,7 @@ class AdaptorStage(LatentStage):
         """How far the one step landed from the clean crop, in the space --loss-space names (each space encodes
         or decodes only what it needs: the pixel loss skips encoding the clean crop)."""
         if self.config.loss_space == "pixel":
-            # Through the frozen decoder, as the pipeline decodes: the latent error weights every latent channel
+            # Through the decoder, as the pipeline decodes: the latent error weights every latent channel
             # and position alike, which the decoder (and so eval's pixel PSNR) need not.
             return self.vae_decoder(landed, y * 2 - 1) - (clean * 2 - 1)
         return landed - self.latents(clean)
