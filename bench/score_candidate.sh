@@ -8,7 +8,9 @@
 #
 # Writes OUT/validation/ and OUT/sweep/IMAGE/ (eval refuses to replace an earlier run's results) and prints
 # the numbers a rule compares. The held-out photographs are not touched: they are scored only after a rule
-# has decided. Environment: SPIRE_RT (how to call the CLI; default spire-rt), STRENGTH (default: the model's).
+# has decided. Environment: SPIRE_RT (how to call the CLI; default spire-rt), STRENGTH (default: the model's),
+# MIXED_DRAWS (two-stage draws per photograph in the mixed families; default 1, what rules before 2026-11-28
+# 08:40 UTC were scored with).
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
@@ -21,7 +23,7 @@ strength=()
 if [ -n "${STRENGTH:-}" ]; then strength=(--strength "$STRENGTH"); fi
 validation=(--model "$model" --images skimage-validation "${strength[@]}" --quiet)
 
-"${spire[@]}" eval "${validation[@]}" --out "$out/validation"
+"${spire[@]}" eval "${validation[@]}" --mixed-draws "${MIXED_DRAWS:-1}" --out "$out/validation"
 for image in camera motorcycle_left; do
     "${spire[@]}" eval "${validation[@]}" --sweep --sweep-image "$image" --out "$out/sweep/$image"
 done

@@ -14,7 +14,9 @@ model through `spire_rt.pipeline.Restorer`, the product's own path.
     mixed_blind     the same images                         Remove all degradation    NLM at an estimated sigma
 
 The blind family hands the model the degraded image already resized to the clean size (blind mode does not
-upsample), as training does.
+upsample), as training does. `mixed_draws` N > 1 scores the first N such draws per image in both mixed families
+(case names IMAGE#2 .. IMAGE#N after the first): one draw per photograph is the issue's benchmark, more draws
+make a comparison of two models on a few photographs less a matter of which draw each photograph got.
 """
 
 from __future__ import annotations
@@ -81,37 +83,53 @@ def upsample_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resize(tensor, size)[0].permute(1, 2, 0).numpy()
 
 
-def build_cases(images: dict[str, np.ndarray], seed: int = 0, families=tuple(FAMILIES)) -> list[Case]:
-    """Every (image, family) case, with seeds fixed by `seed` and the image's index."""
+def build_cases(images: dict[str, np.ndarray], seed: int = 0, families=tuple(FAMILIES),
+                mixed_draws: int = 1) -> list[Case]:
+    """Every (image, family) case, with seeds fixed by `seed` and the image's index; `mixed_draws` cases per image
+    in the mixed families."""
+    if mixed_draws < 1:
+        raise ValueError(f"mixed_draws must be 1 or more, got {mixed_draws}")
+    mixed_families = [family for family in families if family in ("mixed", "mixed_blind")]
     cases = []
     for index, (name, image) in enumerate(sorted(images.items())):
         clean = centre_crop(image)
         case_seed = seed * 1000 + index
-        mixed, mixed_params = mixed_degradation(clean, case_seed)
+        draws = mixed_degradations(clean, case_seed, mixed_draws) if mixed_families else []
         for family in families:
-            if family in ("mixed", "mixed_blind"):
-                degraded, prompt = mixed, str(mixed_params.prompt())
-            else:
-                degraded, params = degrade_explicit(clean, seed=case_seed, **FAMILIES[family])
-                prompt = str(params.prompt())
+            if family in mixed_families:
+                for number, (degraded, params) in enumerate(draws):
+                    case_name = name if number == 0 else f"{name}#{number + 1}"
+                    upsampled = upsample_to(degraded, clean.shape[:2])
+                    if family == "mixed_blind":
+                        cases.append(Case(case_name, family, clean, upsampled, upsampled, BLIND_PROMPT))
+                    else:
+                        cases.append(Case(case_name, family, clean, degraded, upsampled, str(params.prompt())))
+                continue
+            degraded, params = degrade_explicit(clean, seed=case_seed, **FAMILIES[family])
             upsampled = upsample_to(degraded, clean.shape[:2])
-            if family == "mixed_blind":
-                cases.append(Case(name, family, clean, upsampled, upsampled, BLIND_PROMPT))
-            else:
-                cases.append(Case(name, family, clean, degraded, upsampled, prompt))
+            cases.append(Case(name, family, clean, degraded, upsampled, str(params.prompt())))
     return cases
 
 
-def mixed_degradation(clean: np.ndarray, case_seed: int, attempts: int = 100):
+def mixed_degradation(clean: np.ndarray, case_seed: int):
     """The first two-stage draw (seeds case_seed + 100, + 10100, ...) whose prompt states at least MIXED_KINDS
     kinds of degradation: the pipeline sometimes draws a single light one ("Dejpeg with quality 90"), which
     the single-kind families already cover."""
-    for attempt in range(attempts):
+    return mixed_degradations(clean, case_seed, 1)[0]
+
+
+def mixed_degradations(clean: np.ndarray, case_seed: int, count: int, attempts_each: int = 100) -> list:
+    """The first `count` such draws, in seed order (so the first is mixed_degradation's)."""
+    found = []
+    for attempt in range(attempts_each * count):
         degraded, params = degrade(clean, seed=case_seed + 100 + 10_000 * attempt)
         prompt = params.prompt()
         if sum(getattr(prompt, spec.field) is not None for spec in CLAUSES) >= MIXED_KINDS:
-            return degraded, params
-    raise RuntimeError(f"no two-stage draw with {MIXED_KINDS} kinds of degradation in {attempts} seeds")
+            found.append((degraded, params))
+            if len(found) == count:
+                return found
+    raise RuntimeError(f"only {len(found)} two-stage draws with {MIXED_KINDS} kinds of degradation in "
+                       f"{attempts_each * count} seeds, of {count} asked for")
 
 
 # --- classical baselines ------------------------------------------------------------------------------------
@@ -185,10 +203,11 @@ def restore_with_model(restorer, case: Case, options: dict) -> np.ndarray:
 
 
 def run_benchmark(restorer, images: dict[str, np.ndarray], options: dict, seed: int = 0,
-                  families=tuple(FAMILIES), progress=None) -> tuple[list[dict], dict[str, dict[str, np.ndarray]]]:
+                  families=tuple(FAMILIES), progress=None, mixed_draws: int = 1
+                  ) -> tuple[list[dict], dict[str, dict[str, np.ndarray]]]:
     """Scores every case; returns the per-case records and the output images (for the grids)."""
     records, outputs = [], {}
-    cases = build_cases(images, seed, families)
+    cases = build_cases(images, seed, families, mixed_draws)
     for number, case in enumerate(cases):
         results = {"degraded": case.upsampled, "baseline": classical_baseline(case),
                    "model": restore_with_model(restorer, case, options)}
@@ -273,8 +292,10 @@ def write_results(folder: Path, records: list[dict], summary: dict, info: dict) 
     with staged_file(folder / json_file) as staging:
         staging.write_text(json.dumps(clean({**info, "summary": summary, "cases": records}), indent=2) + "\n",
                            encoding="utf-8")
+    draws = info.get("mixed_draws", 1)
     setup = (f"Model `{info['model']}`, images: {', '.join(info['images'])} ({CROP}x{CROP} centre crops), "
-             f"seed {info['seed']}, options {json.dumps(info['options'])}.")
+             f"seed {info['seed']}, options {json.dumps(info['options'])}"
+             + (f", {draws} mixed draws per image." if draws > 1 else "."))
     legend = ("Mean PSNR (dB) / SSIM against the clean crop. Degraded: the input, bicubic-upsampled where it was "
               "downscaled. Baseline: classical restoration given the prompt's values (see "
               "spire_rt/evaluation/benchmark.py).")

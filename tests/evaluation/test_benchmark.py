@@ -89,7 +89,7 @@ def test_eval_command_writes_table_json_and_grids(tmp_path, tiny_model, photo, c
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["summary"]["upsample_2x"]["images"] == 1
-    assert results["options"]["steps"] == 1
+    assert results["options"]["steps"] == 1 and results["mixed_draws"] == 1
     assert (out / "results.md").read_text().count("upsample_2x") == 1
     assert Image.open(out / "grid_upsample_2x.png").size == (4 * 128, 128)
 
@@ -134,3 +134,29 @@ def test_noise_estimate_recovers_the_sigma():
     flat = np.full((128, 128, 3), 0.5)
     noisy = flat + 0.05 * np.random.default_rng(0).standard_normal(flat.shape)
     assert benchmark.estimate_noise_sigma(noisy) == pytest.approx(0.05, rel=0.05)
+
+
+def test_mixed_draws_add_the_next_draws_of_each_photograph(photo):
+    """--mixed-draws N: the first draw is the one-draw benchmark's; the others are the next qualifying draws, named
+    IMAGE#2 .., in both mixed families, with the blind family's input the full prompt's upsampled."""
+    one = benchmark.build_cases({"coffee": photo}, families=("mixed", "mixed_blind"))
+    three = benchmark.build_cases({"coffee": photo}, families=("mixed", "mixed_blind", "dejpeg_20"), mixed_draws=3)
+    mixed = [case for case in three if case.family == "mixed"]
+    blind = [case for case in three if case.family == "mixed_blind"]
+    assert [case.image for case in mixed] == [case.image for case in blind] == ["coffee", "coffee#2", "coffee#3"]
+    assert np.array_equal(mixed[0].model_input, one[0].model_input) and mixed[0].prompt == one[0].prompt
+    assert len({case.prompt for case in mixed}) == 3 and all(case.prompt.count(";") >= 1 for case in mixed)
+    for full, blind_case in zip(mixed, blind):
+        assert blind_case.prompt == "Remove all degradation"
+        assert np.array_equal(blind_case.model_input, full.upsampled)
+    assert [case.family for case in three].count("dejpeg_20") == 1
+    with pytest.raises(ValueError, match="mixed_draws must be 1 or more"):
+        benchmark.build_cases({"coffee": photo}, mixed_draws=0)
+
+
+def test_eval_refuses_a_bad_mixed_draws_count(tmp_path, capsys):
+    from spire_rt.cli import main
+
+    assert main(["eval", "--out", str(tmp_path / "out"), "--mixed-draws", "0", "--quiet"]) == 2
+    assert "--mixed-draws must be 1 or more, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
