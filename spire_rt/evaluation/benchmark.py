@@ -15,8 +15,8 @@ model through `spire_rt.pipeline.Restorer`, the product's own path.
 
 The blind family hands the model the degraded image already resized to the clean size (blind mode does not
 upsample), as training does. `mixed_draws` N > 1 scores the first N such draws per image in both mixed families
-(case names IMAGE#2 .. IMAGE#N after the first): one draw per photograph is the issue's benchmark, more draws
-make a comparison of two models on a few photographs less a matter of which draw each photograph got.
+(each case records its `draw`, 1 .. N): one draw per photograph is the issue's benchmark, more draws make a
+comparison of two models on a few photographs less a matter of which draw each photograph got.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Case:
     model_input: np.ndarray  # what the pipeline is given (the small image where it was downscaled)
     upsampled: np.ndarray  # the degraded image at the clean size
     prompt: str
+    draw: int = 1  # which of the image's mixed draws (1 for every other family)
 
 
 def centre_crop(image: np.ndarray, size: int = CROP) -> np.ndarray:
@@ -97,13 +98,12 @@ def build_cases(images: dict[str, np.ndarray], seed: int = 0, families=tuple(FAM
         draws = mixed_degradations(clean, case_seed, mixed_draws) if mixed_families else []
         for family in families:
             if family in mixed_families:
-                for number, (degraded, params) in enumerate(draws):
-                    case_name = name if number == 0 else f"{name}#{number + 1}"
+                for draw, (degraded, params) in enumerate(draws, start=1):
                     upsampled = upsample_to(degraded, clean.shape[:2])
                     if family == "mixed_blind":
-                        cases.append(Case(case_name, family, clean, upsampled, upsampled, BLIND_PROMPT))
+                        cases.append(Case(name, family, clean, upsampled, upsampled, BLIND_PROMPT, draw))
                     else:
-                        cases.append(Case(case_name, family, clean, degraded, upsampled, str(params.prompt())))
+                        cases.append(Case(name, family, clean, degraded, upsampled, str(params.prompt()), draw))
                 continue
             degraded, params = degrade_explicit(clean, seed=case_seed, **FAMILIES[family])
             upsampled = upsample_to(degraded, clean.shape[:2])
@@ -213,10 +213,12 @@ def run_benchmark(restorer, images: dict[str, np.ndarray], options: dict, seed: 
                    "model": restore_with_model(restorer, case, options)}
         seconds = restorer.last_run.timings["total"] if restorer.last_run else None
         record = {"image": case.image, "family": case.family, "prompt": case.prompt, "model_seconds": seconds}
+        if case.family in ("mixed", "mixed_blind"):
+            record["draw"] = case.draw
         for method, image in results.items():
             record[method] = {"psnr": psnr(case.clean, image), "ssim": ssim(case.clean, image)}
         records.append(record)
-        outputs[(case.family, case.image)] = {**results, "ground_truth": case.clean}
+        outputs[(case.family, case.image, case.draw)] = {**results, "ground_truth": case.clean}
         if progress is not None:
             progress(number + 1, len(cases))
     return records, outputs
@@ -231,7 +233,8 @@ def summarise(records: list[dict]) -> dict[str, dict]:
                  for method in METHODS}
         entry["model_gain_db"] = entry["model"]["psnr"] - entry["degraded"]["psnr"]
         entry["model_minus_baseline_db"] = entry["model"]["psnr"] - entry["baseline"]["psnr"]
-        entry["images"] = len(rows)
+        entry["images"] = len({r["image"] for r in rows})
+        entry["cases"] = len(rows)
         summary[family] = entry
     return summary
 
@@ -259,7 +262,7 @@ def save_grids(outputs: dict, folder: Path, tile: int = 128) -> list[Path]:
     paths = []
     for family in dict.fromkeys(key[0] for key in outputs):
         rows = []
-        for (fam, _image), images in outputs.items():
+        for (fam, _image, _draw), images in outputs.items():
             if fam != family:
                 continue
             tiles = [centre_crop(images[c], tile) for c in ("degraded", "baseline", "model", "ground_truth")]

@@ -103,6 +103,8 @@ def run_eval(args) -> int:
     RestoreOptions(**options).validated()  # bad options fail before anything is loaded or written
     if args.mixed_draws < 1:
         raise SpireError(f"--mixed-draws must be 1 or more, got {args.mixed_draws}")
+    if args.sweep and args.mixed_draws != 1:
+        raise SpireError("--mixed-draws applies to the benchmark, not to --sweep")
     out = Path(args.out)
     written = SWEEP_FILES if args.sweep else (*RESULT_FILES, *map(grid_file, families))
     earlier = [name for name in written if (out / name).exists()]

@@ -67,7 +67,7 @@ def register(commands) -> None:
                              "in proportion (default: equally; e.g. 1 1 1 3 makes half of them JPEG)")
     parser.add_argument("--loss-space", default="latent", choices=LOSS_SPACES,
                         help="adaptor, with --strength: score the one-step result on the latent (default) or on "
-                             "the image the frozen VAE decoder makes of it (slower; what eval measures)")
+                             "the image the VAE decoder makes of it (slower; what eval measures)")
     parser.add_argument("--rank-rate", type=float, default=0.0,
                         help="adaptor, with --strength: share of training pairs also restored with a stated noise "
                              "or blur sigma raised, penalised unless the output gets smoother (noise) or sharper "
@@ -78,9 +78,9 @@ def register(commands) -> None:
                              "keeping the prior frozen (OUT/model gets the tuned UNet; OUT/unet, the prior, stays). "
                              "A resume without it keeps the UNet an earlier run tuned, frozen")
     parser.add_argument("--train-decoder", action="store_true",
-                        help="adaptor, with --loss-space pixel: train the VAE's decoder and OUT/fidelity on the same "
-                             "one-step loss, with the adaptor instead of in decoder-stage turns (OUT/vae and "
-                             "OUT/fidelity get them; the encoder stays)")
+                        help="adaptor, with --loss-space pixel: train the VAE's decoder (and OUT/fidelity, if there "
+                             "is one) on the same one-step loss, with the adaptor instead of in decoder-stage turns "
+                             "(OUT/vae and OUT/fidelity get them; the encoder stays)")
     parser.add_argument("--landing-rate", type=float, default=0.0,
                         help="decoder: share of each batch decoded from OUT/model's own restorations of degraded "
                              "pairs (its default sampling) instead of clean latents (default 0; see the recipe)")

@@ -12,8 +12,9 @@
              sets a fresh branch's channels, or widens RUN/fidelity's to W without changing its output
              (FidelityBranch.widened; with --fresh, not --resume, whose checkpoint holds the narrower branch).
     prior    the UNet, unconditional (semantic prompt always ""), v-prediction on latents -> RUN/unet/, RUN/text_encoder/
-    adaptor  VAE and UNet frozen; the modulated adaptor and the text encoder learn the restoration prompt
-             on pairs from spire_rt.degrade (20% "Remove all degradation")               -> RUN/model/ (a SPIRE folder)
+    adaptor  VAE and UNet frozen (unless --train-unet, --train-decoder); the modulated adaptor and the text
+             encoder learn the restoration prompt on pairs from spire_rt.degrade (20% "Remove all
+             degradation")                                                                -> RUN/model/ (a SPIRE folder)
              With --strength LO HI it learns the runtime's one-step SDEdit restoration instead: z_t is the
              degraded latent E(y) noised to a timestep of strength in [LO, HI] (the noise scaled by
              --start-noise; 0 makes a deterministic one-step restorer), and the loss is the log of the
@@ -23,7 +24,7 @@
              --single-weights B D N J draws blur, downscale, noise and JPEG in that proportion for those pairs
              (default equally), to tilt a leg toward a family it is losing.
              --blind-rate R prompts that share of the pairs "Remove all degradation" (default 0.2, BLIND_RATE).
-             --loss-space pixel scores the landed latent through the frozen VAE decoder against the clean
+             --loss-space pixel scores the landed latent through the VAE decoder against the clean
              crop instead (what eval measures); a resume may change it too.
              --train-decoder (with --loss-space pixel) trains RUN/vae's decoder and RUN/fidelity on that same
              loss, with the adaptor rather than in turns with it           -> RUN/vae/, RUN/fidelity/ as well
@@ -284,10 +285,10 @@ class Stage:
         raise NotImplementedError
 
     def param_groups(self) -> list[dict]:
-        """The optimiser's groups. A stage whose trained parts vary between runs (the adaptor's --train-unet) keeps
-        the parts every run trains in the first group and puts the optional ones after it, so a resume can carry
-        the optimiser state of the groups both runs have (carried_optimizer_state)."""
-        return [{"params": self.parameters()}]
+        """The optimiser's groups, each named: a stage whose trained parts vary between runs (the adaptor's
+        --train-unet and --train-decoder) gives each optional part a group of its own, so a resume can carry the
+        optimiser state of the groups both runs have (carried_optimizer_state matches them by name)."""
+        return [{"name": self.name, "params": self.parameters()}]
 
     def loss(self) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
@@ -325,7 +326,7 @@ class Stage:
         bar = tqdm(total=total, initial=0, desc=self.name, unit="step", disable=config.quiet, mininterval=5)
         record: dict = {}
         running: list[float] = []
-        for module in self.trainable().values():
+        for module in self.training_modules():
             module.train()
         if config.workers:
             # Seeded by the step too, so a resumed run draws new data instead of replaying the first run's.
@@ -359,7 +360,7 @@ class Stage:
             if config.eval_minutes and now - last_eval >= config.eval_minutes * 60:
                 self.log({"stage": self.name, "step": self.step, "elapsed_s": round(self.elapsed(started), 1),
                           "eval": self.evaluate()})
-                for module in self.trainable().values():
+                for module in self.training_modules():
                     module.train()
                 last_eval = time.perf_counter()
             if now - last_checkpoint >= config.checkpoint_minutes * 60:
@@ -396,10 +397,12 @@ class Stage:
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
             **self.checkpoint_extras(),
         }
+        # The folders first: a run cut short between the two leaves them newer than the checkpoint, never older,
+        # so RUN/vae (which the adaptor's --train-decoder keeps only there) never goes back.
+        self.export()
         partial = self.checkpoint_path.with_suffix(".ckpt.partial")
         torch.save(state, partial)
         partial.replace(self.checkpoint_path)
-        self.export()
 
     def load_checkpoint(self) -> None:
         if not self.checkpoint_path.exists():
@@ -427,6 +430,10 @@ class Stage:
     def checkpoint_extras(self) -> dict:
         """Anything else a stage's checkpoint records beside its modules and optimiser."""
         return {}
+
+    def training_modules(self) -> list[torch.nn.Module]:
+        """What the loop puts in training mode: the trained parts."""
+        return list(self.trainable().values())
 
     def saved_optimizer(self, state: dict) -> dict:
         """The checkpoint's optimiser state that a resume may carry on (carried_optimizer_state)."""
@@ -527,9 +534,9 @@ class DecoderStage(VaeStage):
         return [p for group in self.param_groups() for p in group["params"]]
 
     def param_groups(self):
-        groups = [{"params": [p for part in self.decoder_parts for p in part.parameters()]}]
+        groups = [{"name": "decoder", "params": [p for part in self.decoder_parts for p in part.parameters()]}]
         if self.config.fidelity:
-            groups.append({"params": list(self.fidelity.parameters())})
+            groups.append({"name": "fidelity", "params": list(self.fidelity.parameters())})
         return groups
 
     def saved_modules(self):
@@ -554,9 +561,9 @@ class DecoderStage(VaeStage):
         if moved:
             # Loading the checkpoint would put back the older weights over what the other stage trained.
             raise SpireError(f"--resume: {self.out / 'vae'}'s decoder (or {self.out / 'fidelity'}) is not what "
-                             f"{self.checkpoint_path} left ({len(moved)} tensors differ): another stage trained it "
-                             "since (the adaptor stage's --train-decoder); give --fresh to carry it on with a fresh "
-                             "optimiser (the checkpoint is kept)")
+                             f"{self.checkpoint_path} left ({len(moved)} tensors differ): a later run trained it (the "
+                             "adaptor stage's --train-decoder, or a decoder run cut short after writing it); give "
+                             "--fresh to carry it on as it is, with a fresh optimiser (the checkpoint is kept)")
 
     def batch_plan(self) -> BatchPlan:
         landed = round(self.config.landing_rate * self.config.batch) if self.landings is not None else 0
@@ -820,15 +827,28 @@ class AdaptorStage(LatentStage):
         return [p for group in self.param_groups() for p in group["params"]]
 
     def param_groups(self):
-        groups = [{"params": list(self.adaptor.parameters()) + list(self.text_encoder.parameters())}]
+        prompt_parts = [*self.adaptor.parameters(), *self.text_encoder.parameters()]
+        groups = [{"name": "adaptor", "params": prompt_parts}]
         if self.config.train_unet:
-            groups.append({"params": list(self.unet.parameters())})
-        if self.decoder_parts:  # last, so saved_optimizer can set its state aside
-            groups.append({"params": [p for part in self.decoder_parts for p in part.parameters()]})
+            groups.append({"name": "unet", "params": list(self.unet.parameters())})
+        if self.decoder_parts:
+            decoder = [p for part in self.decoder_parts for p in part.parameters()]
+            groups.append({"name": "decoder", "params": decoder})
         return groups
 
+    def training_modules(self):
+        return [*self.trainable().values(), *self.decoder_parts]
+
     def checkpoint_extras(self):
-        return {"decoder_fingerprint": weights_fingerprint(self.decoder_parts)} if self.decoder_parts else {}
+        """With --train-decoder: the decoder's fingerprint, and its weights. The run itself decodes with RUN/vae's
+        and RUN/fidelity's (written before the checkpoint, so never older than it); the copy here keeps what this
+        run trained when a later --fresh sets the checkpoint aside."""
+        if not self.decoder_parts:
+            return {}
+        weights = {"vae": self.vae.state_dict()}
+        if self.fidelity is not None:
+            weights["fidelity"] = self.fidelity.state_dict()
+        return {"decoder_fingerprint": weights_fingerprint(self.decoder_parts), "decoder_weights": weights}
 
     def saved_optimizer(self, state):
         """The checkpoint's optimiser state, less the decoder group's when RUN/vae's decoder (or RUN/fidelity) is
@@ -839,7 +859,8 @@ class AdaptorStage(LatentStage):
         if not self.config.quiet:
             print(f"--resume: {self.out / 'vae'}'s decoder changed since {self.checkpoint_path}; it carries on with "
                   "fresh optimiser moments")
-        return {**saved, "param_groups": saved["param_groups"][:-1]}
+        kept = [group for group in saved["param_groups"] if group.get("name") != "decoder"]
+        return {**saved, "param_groups": kept}
 
     def saved_modules(self):
         return {**self.trainable(), "unet": self.unet} if self.unet_tuned else self.trainable()
@@ -975,7 +996,8 @@ class AdaptorStage(LatentStage):
         from ..pipeline import Restorer
 
         model = self.model()
-        restorer = Restorer(model, TorchBackend(model, device=self.device))
+        # fp32 on a GPU too: the backend casts the modules it runs in place, and these are the ones training.
+        restorer = Restorer(model, TorchBackend(model, device=self.device, dtype=torch.float32))
         results = {}
         for options in self.sampling_options():
             gains = {}
@@ -993,24 +1015,29 @@ class AdaptorStage(LatentStage):
 
 
 def carried_optimizer_state(saved: dict, current: dict) -> dict:
-    """The optimiser state to load on a resume: `saved`'s groups that this run also has (the first ones, see
-    Stage.param_groups), then this run's extra groups, fresh. A saved group this run does not train is dropped."""
-    kept = saved["param_groups"][: len(current["param_groups"])]
-    for saved_group, group in zip(kept, current["param_groups"]):
-        if len(saved_group["params"]) != len(group["params"]):
-            raise SpireError(f"--resume: the checkpoint's optimiser has {len(saved_group['params'])} parameters "
+    """The optimiser state to load on a resume: for each of this run's groups, the saved group of the same name
+    (Stage.param_groups names them), or of the same position in a checkpoint whose groups have no names; a group
+    with no saved match starts fresh, and a saved group this run does not train is dropped."""
+    saved_groups = saved["param_groups"]
+    named = all("name" in group for group in saved_groups)
+    by_name = {group["name"]: group for group in saved_groups} if named else {}
+    state, groups = {}, []
+    for position, group in enumerate(current["param_groups"]):
+        if named:
+            match = by_name.get(group.get("name"))
+        else:
+            match = saved_groups[position] if position < len(saved_groups) else None
+        if match is None:
+            groups.append(group)
+            continue
+        if len(match["params"]) != len(group["params"]):
+            raise SpireError(f"--resume: the checkpoint's optimiser has {len(match['params'])} parameters "
                              f"in a group where this run has {len(group['params'])}: not the same networks")
-    kept_ids = {index for group in kept for index in group["params"]}
-    extra = current["param_groups"][len(kept):]
-    # Saved parameter ids run 0.. in group order, so the kept groups hold the first ids; the extra groups follow.
-    first_free = len(kept_ids)
-    renumbered = []
-    for group in extra:
-        count = len(group["params"])
-        renumbered.append({**group, "params": list(range(first_free, first_free + count))})
-        first_free += count
-    state = {index: value for index, value in saved["state"].items() if index in kept_ids}
-    return {"state": state, "param_groups": [*kept, *renumbered]}
+        for old, new in zip(match["params"], group["params"]):
+            if old in saved["state"]:
+                state[new] = saved["state"][old]
+        groups.append({**match, "params": group["params"]})
+    return {"state": state, "param_groups": groups}
 
 
 def tracking_images(size: int = 128) -> dict[str, list[tuple]]:

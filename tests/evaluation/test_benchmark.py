@@ -65,6 +65,9 @@ def test_summary_and_table():
     assert summary["f"]["model_gain_db"] == pytest.approx(4.5)
     assert summary["f"]["model_minus_baseline_db"] == pytest.approx(3.0)
     assert "| f | 21.00 / 0.600 | 22.50 / 0.650 | 25.50 / 0.850 | +4.50 | +3.00 |" in benchmark.markdown_table(summary)
+    assert summary["f"]["images"] == summary["f"]["cases"] == 2
+    two_draws = benchmark.summarise([{**record, "image": "a", "draw": draw} for draw, record in enumerate(records, 1)])
+    assert two_draws["f"]["images"] == 1 and two_draws["f"]["cases"] == 2
 
 
 def test_quoted_gains_round_each_family_before_the_mean():
@@ -137,13 +140,14 @@ def test_noise_estimate_recovers_the_sigma():
 
 
 def test_mixed_draws_add_the_next_draws_of_each_photograph(photo):
-    """--mixed-draws N: the first draw is the one-draw benchmark's; the others are the next qualifying draws, named
-    IMAGE#2 .., in both mixed families, with the blind family's input the full prompt's upsampled."""
+    """--mixed-draws N: the first draw is the one-draw benchmark's; the others are the next qualifying draws,
+    numbered 2 .. N, in both mixed families, with the blind family's input the full prompt's upsampled."""
     one = benchmark.build_cases({"coffee": photo}, families=("mixed", "mixed_blind"))
     three = benchmark.build_cases({"coffee": photo}, families=("mixed", "mixed_blind", "dejpeg_20"), mixed_draws=3)
     mixed = [case for case in three if case.family == "mixed"]
     blind = [case for case in three if case.family == "mixed_blind"]
-    assert [case.image for case in mixed] == [case.image for case in blind] == ["coffee", "coffee#2", "coffee#3"]
+    assert [(case.image, case.draw) for case in mixed] == [(case.image, case.draw) for case in blind]
+    assert [(case.image, case.draw) for case in mixed] == [("coffee", 1), ("coffee", 2), ("coffee", 3)]
     assert np.array_equal(mixed[0].model_input, one[0].model_input) and mixed[0].prompt == one[0].prompt
     assert len({case.prompt for case in mixed}) == 3 and all(case.prompt.count(";") >= 1 for case in mixed)
     for full, blind_case in zip(mixed, blind):
@@ -159,4 +163,6 @@ def test_eval_refuses_a_bad_mixed_draws_count(tmp_path, capsys):
 
     assert main(["eval", "--out", str(tmp_path / "out"), "--mixed-draws", "0", "--quiet"]) == 2
     assert "--mixed-draws must be 1 or more, got 0" in capsys.readouterr().err
+    assert main(["eval", "--out", str(tmp_path / "out"), "--sweep", "--mixed-draws", "3", "--quiet"]) == 2
+    assert "--mixed-draws applies to the benchmark, not to --sweep" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -895,6 +895,31 @@ def test_resume_carries_the_optimiser_state_of_the_groups_both_runs_train():
         shrunk.load_state_dict(recipe.carried_optimizer_state(other.state_dict(), shrunk.state_dict()))
 
 
+def test_resume_matches_named_optimiser_groups_by_name():
+    """Groups that carry names (every stage names them now) are matched by name, so any mix of the adaptor's
+    optional groups (--train-unet, --train-decoder) resumes: a group both runs train keeps its moments."""
+    adaptor, unet, decoder = torch.nn.Linear(3, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 1, bias=False)
+
+    def groups(**parts):
+        return [{"name": name, "params": list(part.parameters())} for name, part in parts.items()]
+
+    three = torch.optim.AdamW(groups(adaptor=adaptor, unet=unet, decoder=decoder), lr=1e-2)
+    sum(p.square().sum() for part in (adaptor, unet, decoder) for p in part.parameters()).backward()
+    three.step()
+    without_unet = torch.optim.AdamW(groups(adaptor=adaptor, decoder=decoder))
+    without_unet.load_state_dict(recipe.carried_optimizer_state(three.state_dict(), without_unet.state_dict()))
+    for p in [*adaptor.parameters(), *decoder.parameters()]:
+        assert torch.equal(without_unet.state[p]["exp_avg"], three.state[p]["exp_avg"])
+    assert [group["name"] for group in without_unet.param_groups] == ["adaptor", "decoder"]
+
+    with_unet_again = torch.optim.AdamW(groups(adaptor=adaptor, unet=unet, decoder=decoder))
+    with_unet_again.load_state_dict(recipe.carried_optimizer_state(without_unet.state_dict(),
+                                                                   with_unet_again.state_dict()))
+    assert all(p not in with_unet_again.state for p in unet.parameters())  # fresh: the checkpoint had no unet
+    assert all(torch.equal(with_unet_again.state[p]["exp_avg"], three.state[p]["exp_avg"])
+               for p in decoder.parameters())
+
+
 def test_train_unet_is_refused_outside_the_adaptor_stage(tmp_path, capsys):
     from spire_rt.cli import main
 
@@ -999,10 +1024,16 @@ def test_train_decoder_trains_the_decoder_and_branch_with_the_adaptor(run_folder
     assert same_weights(model.vae, vae) and same_weights(model.fidelity, branch)
     state = torch.load(tmp_path / "adaptor.ckpt", weights_only=False)
     assert set(state["modules"]) == {"adaptor", "text_encoder"} and len(state["decoder_fingerprint"]) == 64
+    for name, tensor in vae.state_dict().items():  # kept for a --fresh that sets the checkpoint aside
+        assert torch.equal(state["decoder_weights"]["vae"][name], tensor), name
+    assert set(state["decoder_weights"]) == {"vae", "fidelity"}
+    unchanged = make_stage(config(tmp_path, "adaptor", steps=1, train_decoder=True, resume=True, **one_step),
+                           recipe.AdaptorStage)
+    assert all(p in unchanged.optimizer.state for part in unchanged.decoder_parts for p in part.parameters())
 
     from spire_rt.errors import SpireError
 
-    with pytest.raises(SpireError, match="another stage trained it since .* give --fresh"):
+    with pytest.raises(SpireError, match="a later run trained it .* give --fresh"):
         recipe.run_stage(config(tmp_path, "decoder", steps=1, landing_rate=1.0, fidelity=True, resume=True), SMALL)
     assert same_weights(load_component(tmp_path / "vae", "vae"), vae)  # refused before anything was written
     recipe.run_stage(config(tmp_path, "decoder", steps=2, landing_rate=1.0, fidelity=True, fresh=True), SMALL)
@@ -1024,7 +1055,18 @@ def test_train_decoder_trains_the_decoder_and_branch_with_the_adaptor(run_folder
 def test_rank_penalty_reaches_a_trained_decoder_through_the_latent_only(run_folder, tmp_path):
     copy_adaptor_inputs(run_folder[0], tmp_path)
     stage = make_stage(config(tmp_path, "adaptor", strength=(0.1, 0.3), start_noise=0.0, loss_space="pixel",
-                              train_decoder=True), recipe.AdaptorStage)
+                              train_decoder=True, rank_rate=1.0), recipe.AdaptorStage)
+    y = torch.rand(2, 3, 16, 16)
+    prompts = ["Denoise with sigma 0.10", "Deblur with sigma 2.0"]
+    y_latent, t = stage.latents(y), stage.one_step_timesteps(2)
+    landed = stage.schedule.predict_x0(y_latent, stage.predict(y_latent, t, y_latent, prompts), t)
+    penalty, ranked = stage.rank_penalty(y_latent, t, y, y_latent, prompts, landed)
+    assert ranked == 2
+    penalty.backward()  # a decoder in the graph gets a gradient (zeros where the hinge is slack), so None means not
+    assert all(p.grad is None for part in stage.decoder_parts for p in part.parameters())
+    assert any(p.grad is not None for p in stage.adaptor.parameters())  # the penalty reaches the adaptor
+    stage.optimizer.zero_grad(set_to_none=True)
+
     latent, y = torch.randn(1, 4, 8, 8, requires_grad=True), torch.rand(1, 3, 16, 16)
     decoder_params = [p for part in stage.decoder_parts for p in part.parameters()]
     stage.decoded(latent, y, frozen=True).square().sum().backward()

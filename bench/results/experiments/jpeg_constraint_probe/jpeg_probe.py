@@ -65,15 +65,14 @@ images = load_images(which)
 cases = build_cases(images, families=("dejpeg_20", "mixed"))
 restorer = Restorer.from_pretrained("tiny")
 for case in cases:
-    q = 20 if case.family == "dejpeg_20" else None
-    print(case.image, case.family, case.prompt, "fit@20 %.3f" % fit(case.model_input, 20))
+    print(case.image, case.family, case.prompt, f"fit@20 {fit(case.model_input, 20):.3f}")
     if case.family != "dejpeg_20":
         continue
     restored = np.asarray(restorer(case.model_input, restore=case.prompt, seed=0), np.float32) / 255
     projected = project(restored, case.model_input, 20)
-    print("   degraded %.3f model %.3f projected %.3f  | fit of clean %.3f, of model %.3f" % (
-        psnr(case.clean, case.upsampled), psnr(case.clean, restored), psnr(case.clean, projected),
-        fit(case.clean, 20), fit(restored, 20)))
+    print(f"   degraded {psnr(case.clean, case.upsampled):.3f} model {psnr(case.clean, restored):.3f} "
+          f"projected {psnr(case.clean, projected):.3f}  | fit of clean {fit(case.clean, 20):.3f}, "
+          f"of model {fit(restored, 20):.3f}")
 # the fit for untouched decodes at several qualities, and for a JPEG then resized
 clean = next(iter(images.values()))[:256, :256]
 for q in (20, 40, 60, 75, 90, 95):
@@ -81,5 +80,5 @@ for q in (20, 40, 60, 75, 90, 95):
     Image.fromarray(np.round(clean * 255).astype(np.uint8)).save(buf, format="JPEG", quality=q)
     dec = np.asarray(Image.open(buf).convert("RGB"), np.float32) / 255
     shifted = dec[1:, 1:]
-    print("q", q, "fit own %.3f  fit at q20 %.3f  shifted by 1 %.3f  clean %.3f" % (
-        fit(dec, q), fit(dec, 20), fit(shifted, q), fit(clean, q)))
+    print("q", q, f"fit own {fit(dec, q):.3f}  fit at q20 {fit(dec, 20):.3f}  shifted by 1 {fit(shifted, q):.3f}  "
+          f"clean {fit(clean, q):.3f}")
