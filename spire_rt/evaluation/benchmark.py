@@ -47,6 +47,7 @@ FAMILIES = {
 METHODS = ("degraded", "baseline", "model")
 RESULT_FILES = ("results.json", "results.md")  # what write_results writes; save_grids adds grid_file(family)
 MIXED_KINDS = 2  # a "mixed" case states at least this many kinds of degradation in its prompt
+MIXED_FAMILIES = ("mixed", "mixed_blind")  # the families scored on the two-stage draws
 RL_ITERATIONS = 30
 TV_WEIGHT = 0.04
 
@@ -90,7 +91,7 @@ def build_cases(images: dict[str, np.ndarray], seed: int = 0, families=tuple(FAM
     in the mixed families."""
     if mixed_draws < 1:
         raise ValueError(f"mixed_draws must be 1 or more, got {mixed_draws}")
-    mixed_families = [family for family in families if family in ("mixed", "mixed_blind")]
+    mixed_families = [family for family in families if family in MIXED_FAMILIES]
     cases = []
     for index, (name, image) in enumerate(sorted(images.items())):
         clean = centre_crop(image)
@@ -213,7 +214,7 @@ def run_benchmark(restorer, images: dict[str, np.ndarray], options: dict, seed: 
                    "model": restore_with_model(restorer, case, options)}
         seconds = restorer.last_run.timings["total"] if restorer.last_run else None
         record = {"image": case.image, "family": case.family, "prompt": case.prompt, "model_seconds": seconds}
-        if case.family in ("mixed", "mixed_blind"):
+        if case.family in MIXED_FAMILIES:
             record["draw"] = case.draw
         for method, image in results.items():
             record[method] = {"psnr": psnr(case.clean, image), "ssim": ssim(case.clean, image)}

@@ -45,7 +45,6 @@ bfloat16 autocast; the weights, the optimiser, the losses and the decoder stage'
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -73,7 +72,7 @@ from ..sampling import SAMPLERS, NoiseSchedule, trailing_timesteps
 from ..staging import staged_folder
 from .data import BLIND_RATE, HELD_OUT, BatchPlan, TrainingImages, load_skimage_image, worker_batches
 from .ranking import high_frequency_energy, raised_prompt, rank_hinge
-from .ship import check_same_encoder
+from .ship import check_same_encoder, differing_tensors
 
 STAGES = ("vae", "decoder", "prior", "adaptor")
 
@@ -543,8 +542,6 @@ class DecoderStage(VaeStage):
         return {"vae": self.vae, "fidelity": self.fidelity} if self.fidelity is not None else {"vae": self.vae}
 
     def load_modules(self, saved):
-        moved = changed_tensors(self.vae, saved["vae"], DECODER_PREFIXES)
-        self.vae.load_state_dict(saved["vae"])
         if "fidelity" in saved:
             if self.fidelity is None:
                 raise SpireError(f"--resume: {self.checkpoint_path} holds a fidelity branch, but "
@@ -556,14 +553,16 @@ class DecoderStage(VaeStage):
                 raise SpireError(f"--resume: {self.checkpoint_path} holds a fidelity branch of {saved_width} "
                                  f"channels and {asked}; to widen a branch, give --fresh instead of --resume "
                                  "(the decoder carries on from RUN/vae with a fresh optimiser)")
-            moved += changed_tensors(self.fidelity, saved["fidelity"])
-            self.fidelity.load_state_dict(saved["fidelity"])
+        moved = decoder_changes(self.vae, self.fidelity, saved)
         if moved:
             # Loading the checkpoint would put back the older weights over what the other stage trained.
             raise SpireError(f"--resume: {self.out / 'vae'}'s decoder (or {self.out / 'fidelity'}) is not what "
                              f"{self.checkpoint_path} left ({len(moved)} tensors differ): a later run trained it (the "
                              "adaptor stage's --train-decoder, or a decoder run cut short after writing it); give "
                              "--fresh to carry it on as it is, with a fresh optimiser (the checkpoint is kept)")
+        self.vae.load_state_dict(saved["vae"])
+        if "fidelity" in saved:
+            self.fidelity.load_state_dict(saved["fidelity"])
 
     def batch_plan(self) -> BatchPlan:
         landed = round(self.config.landing_rate * self.config.batch) if self.landings is not None else 0
@@ -706,20 +705,13 @@ def vae_decoder_parts(vae: AutoencoderKL, fidelity: FidelityBranch | None = None
     return [vae.decoder, vae.post_quant_conv, *([fidelity] if fidelity is not None else [])]
 
 
-def changed_tensors(module: torch.nn.Module, saved: dict, prefixes: tuple[str, ...] = ("",)) -> list[str]:
-    """The names under `prefixes` whose tensors in `module` differ from `saved`'s."""
-    return [name for name, tensor in module.state_dict().items()
-            if name.startswith(prefixes) and not torch.equal(tensor, saved[name].to(tensor.device))]
-
-
-def weights_fingerprint(modules: list[torch.nn.Module]) -> str:
-    """A digest of the modules' weights, to tell on a resume whether they are still the ones a checkpoint saw."""
-    digest = hashlib.sha256()
-    for module in modules:
-        for name, tensor in module.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+def decoder_changes(vae: AutoencoderKL, fidelity: FidelityBranch | None, saved: dict) -> list[str]:
+    """The decoder tensors of `vae` (and of `fidelity`, where `saved` holds a branch too) that differ from the
+    state dicts `saved` keeps under "vae" and "fidelity": what a checkpoint left against RUN/vae and RUN/fidelity."""
+    moved = differing_tensors(saved["vae"], vae.state_dict(), DECODER_PREFIXES)
+    if fidelity is not None and "fidelity" in saved:
+        moved += differing_tensors(saved["fidelity"], fidelity.state_dict())
+    return moved
 
 
 class LatentStage(Stage):
@@ -813,8 +805,8 @@ class AdaptorStage(LatentStage):
         self.strength = torch.ones(1, device=self.device)
         self.tracking = tracking_images()
         # --train-decoder: the decoder and its branch learn from the same one-step loss, with the adaptor rather
-        # than in turns with it. Their weights stay in RUN/vae and RUN/fidelity (written at every checkpoint, and
-        # what ship and the decoder stage read), not in this stage's checkpoint.
+        # than in turns with it. Their weights live in RUN/vae and RUN/fidelity (written at every checkpoint, and
+        # what ship and the decoder stage read); the checkpoint keeps a copy (checkpoint_extras).
         self.decoder_parts = vae_decoder_parts(self.vae, self.fidelity) if self.config.train_decoder else []
         for part in self.decoder_parts:
             part.requires_grad_(True)
@@ -840,21 +832,25 @@ class AdaptorStage(LatentStage):
         return [*self.trainable().values(), *self.decoder_parts]
 
     def checkpoint_extras(self):
-        """With --train-decoder: the decoder's fingerprint, and its weights. The run itself decodes with RUN/vae's
-        and RUN/fidelity's (written before the checkpoint, so never older than it); the copy here keeps what this
-        run trained when a later --fresh sets the checkpoint aside."""
+        """With --train-decoder: a copy of the decoder (and branch) it trained, in the decoder checkpoint's layout.
+        The run itself decodes with RUN/vae's and RUN/fidelity's (written before the checkpoint, so never older
+        than it); the copy tells a resume whether those are still what its optimiser moments belong to, and keeps
+        what this run trained when a later --fresh sets the checkpoint aside."""
         if not self.decoder_parts:
             return {}
         weights = {"vae": self.vae.state_dict()}
         if self.fidelity is not None:
             weights["fidelity"] = self.fidelity.state_dict()
-        return {"decoder_fingerprint": weights_fingerprint(self.decoder_parts), "decoder_weights": weights}
+        return {"decoder_weights": weights}
 
     def saved_optimizer(self, state):
         """The checkpoint's optimiser state, less the decoder group's when RUN/vae's decoder (or RUN/fidelity) is
         no longer the one it was kept for: a decoder leg trained it since, so those moments are another run's."""
-        saved, fingerprint = state["optimizer"], state.get("decoder_fingerprint")
-        if fingerprint is None or not self.decoder_parts or fingerprint == weights_fingerprint(self.decoder_parts):
+        saved, weights = state["optimizer"], state.get("decoder_weights")
+        if weights is None or not self.decoder_parts:
+            return saved
+        same_branch = (self.fidelity is not None) == ("fidelity" in weights)
+        if same_branch and not decoder_changes(self.vae, self.fidelity, weights):
             return saved
         if not self.config.quiet:
             print(f"--resume: {self.out / 'vae'}'s decoder changed since {self.checkpoint_path}; it carries on with "

@@ -72,9 +72,7 @@ def check_same_encoder(vae: Path, reference: Path) -> None:
     for folder in (vae, reference):
         if not (folder / weights).is_file():
             raise ModelLoadError(f"{folder}: no VAE weights ({weights})")
-    ours, theirs = load_file(vae / weights), load_file(reference / weights)
-    encoder = [name for name in theirs if name.startswith(("encoder.", "quant_conv."))]
-    changed = [name for name in encoder if name not in ours or not torch.equal(ours[name], theirs[name])]
+    changed = differing_tensors(load_file(vae / weights), load_file(reference / weights), ("encoder.", "quant_conv."))
     scaling = []
     for folder in (vae, reference):
         try:
@@ -85,6 +83,12 @@ def check_same_encoder(vae: Path, reference: Path) -> None:
         what = f"{len(changed)} encoder tensors differ" if changed else "its scaling factor differs"
         raise ModelLoadError(f"{vae}: not the VAE the model was trained with ({what}); only a decoder-stage "
                              "refinement of it may stand in for it")
+
+
+def differing_tensors(ours: dict, theirs: dict, prefixes: tuple[str, ...] = ("",)) -> list[str]:
+    """The names under `prefixes` in the state dict `theirs` that `ours` lacks or holds with other values."""
+    return [name for name, tensor in theirs.items() if name.startswith(prefixes)
+            and (name not in ours or not torch.equal(ours[name], tensor.to(ours[name].device)))]
 
 
 def folder_size(folder: Path) -> int:
