@@ -7,8 +7,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 
 from spire_rt.models import build_preset
+from spire_rt.models.adaptor import init_adaptor_from_unet
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,6 +36,19 @@ def tiny_model():
 def tiny_model_copy():
     """A private tiny model for tests that change weights."""
     return build_preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def per_level_model():
+    """tiny with two layers in the UNet's full-resolution level and one below (`layers_per_block` given per
+    level, as diffusers allows): skips and modulations no longer repeat one count per level. Tests must not
+    modify it."""
+    model = build_preset("tiny")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model.unet = UNet2DConditionModel(**{**model.unet.config, "layers_per_block": [2, 1, 1]})
+    model.controlnet = init_adaptor_from_unet(model.unet)
+    return model
 
 
 def randomize_heads(adaptor, scale: float = 0.1, seed: int = 0) -> None:

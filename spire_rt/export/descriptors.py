@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import OptionError
-from ..models.adaptor import SpireAdaptor
+from ..models.adaptor import SpireAdaptor, skip_layout
 from ..models.modulated_unet import unet_forward_modulated
 from ..models.networks import (
     NETWORK_INPUTS,
@@ -181,14 +181,8 @@ def modulation_names(model: SpireModel) -> tuple[str, ...]:
 
 def modulation_levels(model: SpireModel) -> list[int]:
     """The UNet level (0 = full latent resolution) of each modulation, skips in order then the mid output."""
-    levels, level = [0], 0
-    last = len(model.unet.config.block_out_channels) - 1
-    for index in range(last + 1):
-        levels += [index] * model.unet.config.layers_per_block
-        if index != last:
-            levels.append(index + 1)  # the downsampler's output
-            level = index + 1
-    return levels + [level]
+    config = model.unet.config
+    return [level for level, _ in skip_layout(config)] + [len(config.block_out_channels) - 1]
 
 
 def modulation_channels(model: SpireModel) -> list[int]:

@@ -35,15 +35,24 @@ def check_supported_unet(config) -> None:
             raise ModelLoadError(f"UNet option {option}={config[option]!r} is not supported by SPIRE's modulation")
 
 
+def skip_layout(unet_config) -> list[tuple[int, int]]:
+    """(level, channels) of each skip feature the UNet's down pass hands to its up pass, in order (conv_in
+    first); level 0 is the full latent resolution. `layers_per_block` may be one count or one per level, as
+    diffusers allows."""
+    widths = list(unet_config["block_out_channels"])
+    layers = unet_config["layers_per_block"]
+    layers = [layers] * len(widths) if isinstance(layers, int) else list(layers)
+    layout = [(0, widths[0])]
+    for level, (width, count) in enumerate(zip(widths, layers)):
+        layout += [(level, width)] * count
+        if level != len(widths) - 1:
+            layout.append((level + 1, width))  # the downsampler's output, at the next level's resolution
+    return layout
+
+
 def skip_channels(unet_config) -> list[int]:
-    """Channels of the skip features the UNet's down pass hands to its up pass, in order (conv_in first)."""
-    channels = [unet_config["block_out_channels"][0]]
-    last = len(unet_config["block_out_channels"]) - 1
-    for index, width in enumerate(unet_config["block_out_channels"]):
-        channels += [width] * unet_config["layers_per_block"]
-        if index != last:
-            channels.append(width)  # the downsampler's output
-    return channels
+    """Channels of the skip features, in skip_layout's order."""
+    return [channels for _, channels in skip_layout(unet_config)]
 
 
 class SpireAdaptor(ModelMixin, ConfigMixin):

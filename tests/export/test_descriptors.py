@@ -32,9 +32,12 @@ def test_names_come_from_networks_module(tiny_model):
     assert set(ALL_NETWORKS) == set(PIPELINE_NETWORKS) | {"unet", "adaptor"}
 
 
+@pytest.mark.parametrize("layout", ["tiny_model", "per_level_model"])
 @pytest.mark.parametrize("point", ["min", "max"])
-def test_split_shapes_match_the_adaptor(tiny_model, point):
-    """The descriptor's modulation shapes are what the adaptor really produces, at both ends of the range."""
+def test_split_shapes_match_the_adaptor(layout, point, request):
+    """The descriptor's modulation shapes are what the adaptor really produces, at both ends of the range, with
+    one layer count per level and with counts that differ by level."""
+    tiny_model = request.getfixturevalue(layout)
     profile = ShapeProfile.dynamic(16, 48, (32, 32))
     adaptor = descriptor("adaptor", tiny_model, profile)
     feeds = adaptor.sample_inputs(point)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 from conftest import randomize_heads
 
 from spire_rt.models import modulate, unet_forward_modulated
-from spire_rt.models.adaptor import skip_channels
+from spire_rt.models.adaptor import skip_channels, skip_layout
 
 
 def inputs(model, batch=1, size=16, seed=0):
@@ -44,9 +47,11 @@ def capture_unmodulated_features(unet, sample, timestep, embeddings):
     return skips, mids[0]
 
 
-def test_random_heads_match_independent_reference(tiny_model_copy):
-    """(1 + s*g) f + s*b == f + s*(g f + b): feed the second form to diffusers as ControlNet residuals."""
-    model = tiny_model_copy
+@pytest.mark.parametrize("layout", ["tiny", "per_level"])
+def test_random_heads_match_independent_reference(layout, request):
+    """(1 + s*g) f + s*b == f + s*(g f + b): feed the second form to diffusers as ControlNet residuals, for one
+    layer count per level and for counts that differ by level."""
+    model = copy.deepcopy(request.getfixturevalue("tiny_model" if layout == "tiny" else "per_level_model"))
     randomize_heads(model.controlnet, scale=0.2)
     sample, timestep, condition, embeddings, restore = inputs(model, batch=2, seed=3)
     strength = 0.7
@@ -74,6 +79,13 @@ def test_skip_layout_matches_unet(tiny_model):
     assert sum(len(block.resnets) for block in tiny_model.unet.up_blocks) == len(channels)
     sd_config = {"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2}
     assert skip_channels(sd_config) == [320, 320, 320, 320, 640, 640, 640, 1280, 1280, 1280, 1280, 1280]
+
+
+def test_skip_layout_with_layers_given_per_level(per_level_model):
+    unet = per_level_model.unet
+    assert skip_layout(unet.config) == [(0, 32), (0, 32), (0, 32), (1, 32), (1, 64), (2, 64), (2, 128)]
+    assert [len(block.resnets) for block in unet.up_blocks] == [2, 2, 3]
+    assert [head.in_channels for head in per_level_model.controlnet.skip_heads] == skip_channels(unet.config)
 
 
 def test_modulate_formula():
