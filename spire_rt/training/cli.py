@@ -26,6 +26,10 @@ def register(commands) -> None:
     parser.add_argument("--out", required=True, help="run folder shared by the stages")
     parser.add_argument("--from", dest="source", metavar="MODEL",
                         help="unpack: the model to carry on (a folder, or a preset name for its shipped weights)")
+    parser.add_argument("--deepen-level", type=int, action="append", default=[], metavar="L",
+                        help="unpack: give the UNet (and the adaptor's copy of its encoder) one more resnet in level "
+                             "L (0: full latent resolution; a level without attention), the output unchanged, for "
+                             "--train-unet to put to use; repeat to add more")
     parser.add_argument("--steps", type=int, help="stop after this many steps")
     parser.add_argument("--minutes", type=float, help="stop after this many minutes of training")
     parser.add_argument("--batch", type=int, help="batch size (default per stage)")
@@ -113,14 +117,14 @@ def run_train(args) -> int:
     from ..models.presets import get_preset
     from .recipe import StageConfig, run_stage
 
-    if args.source is not None and args.stage != UNPACK_STAGE:
-        raise SpireError("--from applies to --stage unpack only")
+    if args.stage != UNPACK_STAGE and (args.source is not None or args.deepen_level):
+        raise SpireError("--from and --deepen-level apply to --stage unpack only")
     if args.stage == UNPACK_STAGE:
         from .unpack import unpack_model
 
         if args.source is None:
             raise SpireError("--stage unpack needs --from MODEL (a model folder or a preset name)")
-        preset = unpack_model(args.source, Path(args.out))
+        preset = unpack_model(args.source, Path(args.out), deepen_levels=args.deepen_level)
         print(f"unpacked {args.source} -> {args.out}; carry it on with --preset {preset} --stage adaptor --resume "
               "(and the --strength it was trained with) or --stage decoder")
         return 0

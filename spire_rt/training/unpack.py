@@ -13,11 +13,13 @@ so `--stage adaptor --resume --strength LO HI` and `--stage decoder` continue th
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from ..errors import SpireError
+from ..models.deepen import deepened
 from ..models.presets import PRESETS
 from ..models.spire_model import load_model, shipped_folder
 
@@ -26,9 +28,10 @@ RUN_CONTENTS = ("vae", "unet", "text_encoder", "fidelity", "model", "vae.ckpt", 
                 "decoder.ckpt")
 
 
-def unpack_model(source: str | Path, run: Path) -> str:
+def unpack_model(source: str | Path, run: Path, deepen_levels: Sequence[int] = ()) -> str:
     """Unpack the model `source` (a folder, or a preset name for its shipped weights) into `run`; returns the
-    preset its later stages must be given (--preset)."""
+    preset its later stages must be given (--preset). `deepen_levels`: UNet levels to give one more resnet each
+    (models/deepen.py), the output unchanged, for the adaptor stage's --train-unet to put to use."""
     from .recipe import AdaptorStage, StageConfig
 
     run = Path(run)
@@ -44,6 +47,8 @@ def unpack_model(source: str | Path, run: Path) -> str:
                          f"({', '.join(sorted(PRESETS))}); the recipe continues its own presets only")
     if not model.trained:
         raise SpireError(f"--stage unpack: {source} holds untrained weights; train it from scratch instead")
+    for level in deepen_levels:
+        model.unet, model.controlnet = deepened(model.unet, model.controlnet, level)
     run.mkdir(parents=True, exist_ok=True)
     for part in ("vae", "unet", "text_encoder", "fidelity"):
         if getattr(model, part) is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -63,6 +64,25 @@ def test_unpacked_run_holds_the_model_and_carries_it_on(tmp_path):
                                         fidelity=True, leaves=0, eval_minutes=0, quiet=True), get_preset("tiny"))
 
 
+def test_unpack_deepens_the_unet_without_changing_a_restoration(tmp_path, photo_like):
+    from spire_rt.backends.torch_backend import TorchBackend
+    from spire_rt.pipeline import Restorer
+
+    run = tmp_path / "run"
+    unpack_model("tiny", run, deepen_levels=[0])
+    deep, shipped = load_model(run / "model"), load_model("tiny")
+    assert list(deep.unet.config.layers_per_block) == [2, 1, 1]
+    assert json.loads((run / "unet" / "config.json").read_text())["layers_per_block"] == [2, 1, 1]
+    restored = [np.asarray(Restorer(model, TorchBackend(model))(photo_like, restore="Denoise with sigma 0.05",
+                                                                 steps=1, strength=0.06, start_noise=0.0, seed=0, ensemble=2),
+                           np.float32) for model in (deep, shipped)]
+    assert np.abs(restored[0] - restored[1]).max() <= 1  # 8-bit rounding of float sums in another order
+    # and the adaptor stage trains the new layers with the UNet
+    recipe.run_stage(adaptor_config(run, strength=(0.04, 0.08), start_noise=0.0, train_unet=True),
+                     get_preset("tiny"))
+    assert load_model(run / "model").unet.down_blocks[0].resnets[1].conv2.weight.abs().max() > 0
+
+
 def test_unpack_never_writes_over_a_run(tmp_path):
     run = tmp_path / "run"
     (run / "vae").mkdir(parents=True)
@@ -94,5 +114,8 @@ def test_train_cli_unpacks_and_checks_from(tmp_path, capsys):
     assert main(["train", "--stage", "unpack", "--out", str(tmp_path / "none")]) == 2
     assert "--stage unpack needs --from MODEL" in capsys.readouterr().err
     assert main(["train", "--stage", "adaptor", "--from", "tiny", "--out", str(tmp_path / "x"), "--steps", "1"]) == 2
-    assert "--from applies to --stage unpack only" in capsys.readouterr().err
-    assert not (tmp_path / "none").exists() and not (tmp_path / "x").exists()
+    assert "--from and --deepen-level apply to --stage unpack only" in capsys.readouterr().err
+    assert main(["train", "--stage", "unpack", "--from", str(SHIPPED), "--out", str(tmp_path / "y"),
+                 "--deepen-level", "1"]) == 2
+    assert "level 1 has attention" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("none", "x", "y"))
