@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from spire_rt.cli import main
 from spire_rt.errors import SpireError
+from spire_rt.models.deepen import layers_per_level
 from spire_rt.models.presets import get_preset
 from spire_rt.models.spire_model import SHIPPED_WEIGHTS, build_preset, load_model
 from spire_rt.training import recipe
@@ -71,8 +72,10 @@ def test_unpack_deepens_the_unet_without_changing_a_restoration(tmp_path, photo_
     run = tmp_path / "run"
     unpack_model("tiny", run, deepen_levels=[0])
     deep, shipped = load_model(run / "model"), load_model("tiny")
-    assert list(deep.unet.config.layers_per_block) == [2, 1, 1]
-    assert json.loads((run / "unet" / "config.json").read_text())["layers_per_block"] == [2, 1, 1]
+    layers = layers_per_level(shipped.unet.config)
+    deeper = [layers[0] + 1, *layers[1:]]
+    assert list(deep.unet.config.layers_per_block) == deeper
+    assert json.loads((run / "unet" / "config.json").read_text())["layers_per_block"] == deeper
     restored = [np.asarray(Restorer(model, TorchBackend(model))(photo_like, restore="Denoise with sigma 0.05",
                                                                  steps=1, strength=0.06, start_noise=0.0, seed=0, ensemble=2),
                            np.float32) for model in (deep, shipped)]
