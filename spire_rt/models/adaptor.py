@@ -35,15 +35,18 @@ def check_supported_unet(config) -> None:
             raise ModelLoadError(f"UNet option {option}={config[option]!r} is not supported by SPIRE's modulation")
 
 
+def layers_per_level(unet_config) -> list[int]:
+    """`layers_per_block` as one count per level: diffusers takes one number for all, or a list."""
+    layers, levels = unet_config["layers_per_block"], len(unet_config["block_out_channels"])
+    return [layers] * levels if isinstance(layers, int) else list(layers)
+
+
 def skip_layout(unet_config) -> list[tuple[int, int]]:
     """(level, channels) of each skip feature the UNet's down pass hands to its up pass, in order (conv_in
-    first); level 0 is the full latent resolution. `layers_per_block` may be one count or one per level, as
-    diffusers allows."""
+    first); level 0 is the full latent resolution."""
     widths = list(unet_config["block_out_channels"])
-    layers = unet_config["layers_per_block"]
-    layers = [layers] * len(widths) if isinstance(layers, int) else list(layers)
     layout = [(0, widths[0])]
-    for level, (width, count) in enumerate(zip(widths, layers)):
+    for level, (width, count) in enumerate(zip(widths, layers_per_level(unet_config))):
         layout += [(level, width)] * count
         if level != len(widths) - 1:
             layout.append((level + 1, width))  # the downsampler's output, at the next level's resolution

@@ -22,12 +22,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from ..errors import ModelLoadError
-from .adaptor import SpireAdaptor, skip_layout
-
-
-def layers_per_level(config) -> list[int]:
-    layers, levels = config["layers_per_block"], len(config["block_out_channels"])
-    return [layers] * levels if isinstance(layers, int) else list(layers)
+from .adaptor import SpireAdaptor, layers_per_level, skip_layout
 
 
 def deepened(unet: UNet2DConditionModel, adaptor: SpireAdaptor, level: int

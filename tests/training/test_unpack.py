@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from spire_rt.cli import main
 from spire_rt.errors import SpireError
-from spire_rt.models.deepen import layers_per_level
+from spire_rt.models.adaptor import layers_per_level
 from spire_rt.models.presets import get_preset
 from spire_rt.models.spire_model import SHIPPED_WEIGHTS, build_preset, load_model
 from spire_rt.training import recipe
