@@ -9,7 +9,7 @@ given per level:
   for it is the old head of the skip it copies), and a new second resnet reads the old last skip: its 1x1 shortcut
   passes the main path through and drops the skip, its conv2 is zero;
 - the level's other up resnets read what they read before, one place later.
-Only a level without attention grows (tiny's full-resolution level): attention would need an identity start too.
+Only a level of plain resnets grows (tiny's full-resolution level): attention would need an identity start too.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 from diffusers import UNet2DConditionModel
+from diffusers.models.unets.unet_2d_blocks import DownBlock2D, UpBlock2D
 from torch import nn
 
 from ..errors import ModelLoadError
@@ -32,22 +33,24 @@ def deepened(unet: UNet2DConditionModel, adaptor: SpireAdaptor, level: int
     levels = len(config["block_out_channels"])
     if not 0 <= level < levels:
         raise ModelLoadError(f"--deepen-level {level}: the UNet has levels 0 .. {levels - 1}")
-    if getattr(unet.down_blocks[level], "has_cross_attention", False):
-        raise ModelLoadError(f"--deepen-level {level}: level {level} has attention, which cannot start as an identity "
-                             "here; only a level of plain resnets grows")
+    down, up = unet.down_blocks[level], unet.up_blocks[levels - 1 - level]
+    plain = type(down) is DownBlock2D and type(up) is UpBlock2D
+    if not plain or any(resnet.output_scale_factor != 1 for resnet in [*down.resnets, *up.resnets]):
+        raise ModelLoadError(f"--deepen-level {level}: level {level} has {type(down).__name__} / "
+                             f"{type(up).__name__} blocks; only plain DownBlock2D / UpBlock2D resnets (no attention, "
+                             "output scale 1) can start as an identity here")
     layers = layers_per_level(config)
     old_count = layers[level]
     layers[level] += 1
     new_config = {**config, "layers_per_block": layers}
     old_name = resnet_renaming(level, old_count, levels)
 
-    grown_unet = UNet2DConditionModel(**new_config).to(unet.dtype)
+    grown_unet = UNet2DConditionModel(**new_config)
     pass_through_down(grown_unet.down_blocks[level].resnets[old_count])
     pass_through_up(grown_unet.up_blocks[levels - 1 - level].resnets[1])
     take_weights(grown_unet, unet.state_dict(), old_name)
 
-    grown_adaptor = SpireAdaptor(unet_config=new_config,
-                                 condition_channels=adaptor.config.condition_channels).to(adaptor.dtype)
+    grown_adaptor = SpireAdaptor(unet_config=new_config, condition_channels=adaptor.config.condition_channels)
     pass_through_down(grown_adaptor.down_blocks[level].resnets[old_count])
     heads = skip_head_sources(skip_layout(config), level)
 
@@ -59,7 +62,13 @@ def deepened(unet: UNet2DConditionModel, adaptor: SpireAdaptor, level: int
         return None if source is None else f"skip_heads.{source}.{head.group(2)}"
 
     take_weights(grown_adaptor, adaptor.state_dict(), adaptor_name)
-    return grown_unet, grown_adaptor
+    return like(grown_unet, unet), like(grown_adaptor, adaptor)
+
+
+def like(grown: nn.Module, original: nn.Module) -> nn.Module:
+    """`grown` on the original's device, in its dtype and mode."""
+    parameter = next(original.parameters())
+    return grown.to(parameter.device, parameter.dtype).train(original.training)
 
 
 def resnet_renaming(level: int, old_count: int, levels: int) -> Callable[[str], str | None]:

@@ -28,7 +28,7 @@ def register(commands) -> None:
                         help="unpack: the model to carry on (a folder, or a preset name for its shipped weights)")
     parser.add_argument("--deepen-level", type=int, action="append", default=[], metavar="L",
                         help="unpack: give the UNet (and the adaptor's copy of its encoder) one more resnet in level "
-                             "L (0: full latent resolution; a level without attention), the output unchanged, for "
+                             "L (0: full latent resolution; a level of plain resnets), the output unchanged, for "
                              "--train-unet to put to use; repeat to add more")
     parser.add_argument("--steps", type=int, help="stop after this many steps")
     parser.add_argument("--minutes", type=float, help="stop after this many minutes of training")
@@ -124,7 +124,7 @@ def run_train(args) -> int:
 
         if args.source is None:
             raise SpireError("--stage unpack needs --from MODEL (a model folder or a preset name)")
-        preset = unpack_model(args.source, Path(args.out), deepen_levels=args.deepen_level)
+        preset = unpack_model(args.source, Path(args.out), deepen_levels=args.deepen_level, seed=args.seed)
         print(f"unpacked {args.source} -> {args.out}; carry it on with --preset {preset} --stage adaptor --resume "
               "(and the --strength it was trained with) or --stage decoder")
         return 0

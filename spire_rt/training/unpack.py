@@ -28,10 +28,11 @@ RUN_CONTENTS = ("vae", "unet", "text_encoder", "fidelity", "model", "vae.ckpt", 
                 "decoder.ckpt")
 
 
-def unpack_model(source: str | Path, run: Path, deepen_levels: Sequence[int] = ()) -> str:
+def unpack_model(source: str | Path, run: Path, deepen_levels: Sequence[int] = (), seed: int = 0) -> str:
     """Unpack the model `source` (a folder, or a preset name for its shipped weights) into `run`; returns the
     preset its later stages must be given (--preset). `deepen_levels`: UNet levels to give one more resnet each
-    (models/deepen.py), the output unchanged, for the adaptor stage's --train-unet to put to use."""
+    (models/deepen.py), the output unchanged, for the adaptor stage's --train-unet to put to use; `seed` draws
+    the new layers' starting weights (those the identity leaves free)."""
     from .recipe import AdaptorStage, StageConfig
 
     run = Path(run)
@@ -47,8 +48,10 @@ def unpack_model(source: str | Path, run: Path, deepen_levels: Sequence[int] = (
                          f"({', '.join(sorted(PRESETS))}); the recipe continues its own presets only")
     if not model.trained:
         raise SpireError(f"--stage unpack: {source} holds untrained weights; train it from scratch instead")
-    for level in deepen_levels:
-        model.unet, model.controlnet = deepened(model.unet, model.controlnet, level)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for level in deepen_levels:
+            model.unet, model.controlnet = deepened(model.unet, model.controlnet, level)
     run.mkdir(parents=True, exist_ok=True)
     for part in ("vae", "unet", "text_encoder", "fidelity"):
         if getattr(model, part) is not None:

@@ -7,9 +7,11 @@ import copy
 import pytest
 import torch
 from conftest import randomize_heads
+from diffusers import UNet2DConditionModel
 
 from spire_rt.errors import ModelLoadError
 from spire_rt.models import unet_forward_modulated
+from spire_rt.models.adaptor import init_adaptor_from_unet
 from spire_rt.models.deepen import deepened, skip_head_sources
 
 
@@ -65,8 +67,26 @@ def test_new_layers_are_live_and_the_dropped_skip_is_the_only_idle_head(modulati
     assert moved(lambda unet, adaptor: adaptor.skip_heads[1].weight) == 0.0  # read by the pass-through resnet
 
 
+def test_a_lower_plain_level_deepens_too(tiny_model):
+    """Level 1 of a UNet whose two upper levels are plain: its skips start with the downsampler's output from
+    level 0, which the head remapping must step over."""
+    config = {**tiny_model.unet.config, "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+              "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        unet = UNet2DConditionModel(**config)
+    adaptor = init_adaptor_from_unet(unet)
+    randomize_heads(adaptor, scale=0.2)
+    unet.eval()
+    before = modulated_output(unet, adaptor)
+    grown_unet, grown_adaptor = deepened(unet, adaptor, 1)
+    assert list(grown_unet.config.layers_per_block) == [1, 2, 1]
+    assert not grown_unet.training and grown_adaptor.training  # each keeps its original's mode
+    torch.testing.assert_close(modulated_output(grown_unet, grown_adaptor), before, rtol=0, atol=1e-6)
+
+
 def test_levels_with_attention_or_out_of_range_are_refused(tiny_model):
-    with pytest.raises(ModelLoadError, match="level 1 has attention"):
+    with pytest.raises(ModelLoadError, match="level 1 has CrossAttnDownBlock2D / CrossAttnUpBlock2D blocks"):
         deepened(tiny_model.unet, tiny_model.controlnet, 1)
     with pytest.raises(ModelLoadError, match="levels 0 .. 2"):
         deepened(tiny_model.unet, tiny_model.controlnet, 3)

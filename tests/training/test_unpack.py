@@ -83,7 +83,9 @@ def test_unpack_deepens_the_unet_without_changing_a_restoration(tmp_path, photo_
     # and the adaptor stage trains the new layers with the UNet
     recipe.run_stage(adaptor_config(run, strength=(0.04, 0.08), start_noise=0.0, train_unet=True),
                      get_preset("tiny"))
-    assert load_model(run / "model").unet.down_blocks[0].resnets[1].conv2.weight.abs().max() > 0
+    trained = load_model(run / "model").unet
+    for new_layer in (trained.down_blocks[0].resnets[layers[0]], trained.up_blocks[-1].resnets[1]):
+        assert new_layer.conv2.weight.abs().max() > 0  # started at zero
 
 
 def test_unpack_never_writes_over_a_run(tmp_path):
@@ -120,5 +122,5 @@ def test_train_cli_unpacks_and_checks_from(tmp_path, capsys):
     assert "--from and --deepen-level apply to --stage unpack only" in capsys.readouterr().err
     assert main(["train", "--stage", "unpack", "--from", str(SHIPPED), "--out", str(tmp_path / "y"),
                  "--deepen-level", "1"]) == 2
-    assert "level 1 has attention" in capsys.readouterr().err
+    assert "level 1 has CrossAttnDownBlock2D / CrossAttnUpBlock2D blocks" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in ("none", "x", "y"))
