@@ -996,8 +996,9 @@ def test_train_cli_refuses_bad_fidelity_widths(tmp_path, capsys, arguments, mess
 def test_train_decoder_trains_the_decoder_and_branch_with_the_adaptor(run_folder, tmp_path):
     """--train-decoder: the decoder and fidelity branch learn on the adaptor's one-step pixel loss. RUN/vae and
     RUN/fidelity get them (the encoder and scaling stay), RUN/model decodes with them, the checkpoint keeps a
-    copy of them, not a module it loads. A decoder leg's --resume, whose checkpoint holds the older decoder, is then refused;
-    --fresh carries the new one on; and the adaptor's next resume drops the decoder's stale optimiser moments."""
+    copy of them, not a module it loads. A decoder leg's --resume, whose checkpoint holds the older decoder, is
+    then refused; --fresh carries the new one on; and the adaptor's next resume drops the decoder's stale
+    optimiser moments."""
     import shutil
 
     from spire_rt.models.spire_model import load_component

@@ -76,9 +76,10 @@ def test_unpack_deepens_the_unet_without_changing_a_restoration(tmp_path, photo_
     deeper = [layers[0] + 1, *layers[1:]]
     assert list(deep.unet.config.layers_per_block) == deeper
     assert json.loads((run / "unet" / "config.json").read_text())["layers_per_block"] == deeper
-    restored = [np.asarray(Restorer(model, TorchBackend(model))(photo_like, restore="Denoise with sigma 0.05",
-                                                                 steps=1, strength=0.06, start_noise=0.0, seed=0, ensemble=2),
-                           np.float32) for model in (deep, shipped)]
+    options = {"restore": "Denoise with sigma 0.05", "steps": 1, "strength": 0.06, "start_noise": 0.0, "seed": 0,
+               "ensemble": 2}
+    restored = [np.asarray(Restorer(model, TorchBackend(model))(photo_like, **options), np.float32)
+                for model in (deep, shipped)]
     assert np.abs(restored[0] - restored[1]).max() <= 1  # 8-bit rounding of float sums in another order
     # and the adaptor stage trains the new layers with the UNet
     recipe.run_stage(adaptor_config(run, strength=(0.04, 0.08), start_noise=0.0, train_unet=True),
