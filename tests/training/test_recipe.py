@@ -794,6 +794,25 @@ def test_bf16_training_keeps_fp32_weights_and_lowers_the_loss(run_folder, tmp_pa
     assert all(t.dtype == torch.float32 for t in saved["modules"]["adaptor"].values() if t.is_floating_point())
 
 
+@pytest.mark.parametrize(("device", "native", "warned"),
+                         [("cpu", False, True), ("cpu", True, False), ("cuda", False, False)])
+def test_train_cli_warns_of_bf16_on_a_cpu_that_emulates_it(tmp_path, capsys, monkeypatch, device, native, warned):
+    """bf16 autocast on a CPU without bfloat16 instructions is emulated (an AVX2-only EPYC took 37 s an adaptor
+    step, against 2 s in fp32): the CLI says so before a stage starts, and only then. The stage here is refused
+    right after (a misplaced --blind-rate), so nothing trains."""
+    from spire_rt.cli import main
+    from spire_rt.training import cli
+
+    monkeypatch.setattr(cli, "cpu_has_bfloat16", lambda: native)
+    out = tmp_path / "cli"
+    code = main(["train", "--stage", "vae", "--out", str(out), "--steps", "1", "--blind-rate", "0.5",
+                 "--precision", "bf16", "--device", device])
+    err = capsys.readouterr().err
+    assert code == 2 and "--blind-rate applies to the adaptor stage" in err
+    assert ("warning: --precision bf16 on a CPU without bfloat16 instructions" in err) == warned
+    assert not out.exists()
+
+
 def test_landings_stay_fp32_under_a_bf16_stage(run_folder):
     """The decoder stage's landings are what the runtime decodes, so a bf16 stage's autocast must not reach them."""
     landings = recipe.Landings(load_model(run_folder[0] / "model"), torch.device("cpu"))
