@@ -59,6 +59,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch.func import functional_call
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from ..backends.base import resolve_device
 from ..degrade import single_operation_shares
 from ..errors import SpireError
 from ..models.adaptor import init_adaptor_from_unet
@@ -147,9 +148,7 @@ def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
     preset = preset or get_preset("tiny")
     check_stage_options(config, int(preset.scheduler.get("num_train_timesteps", 1000)))
     torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpireError("--device cuda: no CUDA device is available")
+    device = resolve_device(config.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every step has the same shapes
     check_earlier_run(config)

@@ -813,6 +813,18 @@ def test_train_cli_warns_of_bf16_on_a_cpu_that_emulates_it(tmp_path, capsys, mon
     assert not out.exists()
 
 
+
+@pytest.mark.parametrize(("device", "message"), [("garbage", "unknown device 'garbage'"),
+                                                 ("mps", "device 'mps' is not supported")])
+def test_train_cli_refuses_an_unknown_device(tmp_path, capsys, device, message):
+    """The recipe resolves --device as the backends do: a clear error, exit status 2, nothing written."""
+    from spire_rt.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["train", "--stage", "vae", "--out", str(out), "--steps", "1", "--device", device]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
 def test_landings_stay_fp32_under_a_bf16_stage(run_folder):
     """The decoder stage's landings are what the runtime decodes, so a bf16 stage's autocast must not reach them."""
     landings = recipe.Landings(load_model(run_folder[0] / "model"), torch.device("cpu"))
