@@ -281,6 +281,33 @@ def kernel_cases(smoke: bool):
                     lambda: decoder_entry_ref(h2, skip2, mod2, strength, w, b, groups))
         return build
 
+    def entry_apply(hc, sc, side):
+        """The split strategy's last launch alone (normalise, scale, shift, SiLU), given x and the statistics."""
+        def build():
+            from spire_rt.kernels.groupnorm_silu import apply_groupnorm
+
+            c_, side_ = (hc + sc) // scale, max(2, side // scale)
+            groups = 8 if smoke else 32
+            x, y = t(2, c_, side_, side_), t(2, c_, side_, side_)
+            w, b = t(c_, cl=False), t(c_, cl=False)
+            grouped = x.float().reshape(2, groups, -1)  # NCHW order: a group's channels are adjacent
+            mean, rstd = grouped.mean(-1), (grouped.var(-1, unbiased=False) + 1e-5).rsqrt()
+            x2 = x.contiguous()
+            return (lambda: (apply_groupnorm(x, mean, rstd, w, b, y, None, True, True), y)[1],
+                    lambda: groupnorm_silu_ref(x, w, b, groups), 2 * nbytes(x),
+                    lambda: groupnorm_silu_ref(x2, w, b, groups))
+        return build
+
+    def same_bytes_copy(hc, sc, side):
+        """A plain copy moving the 64x64 entry's bytes: what memory allows at this size, beside the 1 GiB copy."""
+        def build():
+            side_ = max(2, side // scale)
+            read, written = (hc + 3 * sc) // scale, 2 * (hc + sc) // scale  # channels: h, skip, gamma/beta; x, y
+            x = t(2 * side_ * side_ * (read + written) // 2, cl=False)  # read once and written once: the same bytes
+            y = torch.empty_like(x)
+            return lambda: y.copy_(x), lambda: y.copy_(x), 2 * nbytes(x), None
+        return build
+
     def gn(c, side, shift, silu=True):
         def build():
             c_, side_ = c // scale, max(2, side // scale)
@@ -316,7 +343,9 @@ def kernel_cases(smoke: bool):
         ("decoder_entry 32x32 1280+640", entry(1280, 640, 32)),
         ("decoder_entry 16x16 1280+640", entry(1280, 640, 16)),
         ("decoder_entry 8x8 1280+1280", entry(1280, 1280, 8)),
-        *[(f"decoder_entry 64x64 640+320 tile{e}", entry(640, 320, 64, e)) for e in (1024, 2048, 8192)],
+        *[(f"decoder_entry 64x64 640+320 tile{e}", entry(640, 320, 64, e)) for e in (1024, 2048, 8192, 16384)],
+        ("decoder_entry 64x64 640+320 apply launch", entry_apply(640, 320, 64)),
+        ("copy, 64x64 entry bytes", same_bytes_copy(640, 320, 64)),
         ("groupnorm_silu+temb 64x64 320", gn(320, 64, True)),
         ("groupnorm_silu+temb 16x16 1280", gn(1280, 16, True)),
         ("groupnorm 32x32 640 (transformer)", gn(640, 32, False, silu=False)),
