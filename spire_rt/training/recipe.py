@@ -129,6 +129,8 @@ KL_WEIGHT = 1e-5  # per latent element; keeps the posterior near N(0, 1) without
 HIGH_T_RATE = 0.7
 HIGH_T_SPAN = 0.1
 LOG_MSE_FLOOR = 1e-4  # one-step adaptor loss: keeps log(mse) finite on a pair that is already perfect
+# On CUDA, --rank-rate's sub-batch is padded to a multiple of this (AdaptorStage.rank_penalty says why).
+RANK_BUCKET_CUDA = 8
 LOSS_SPACES = ("latent", "pixel")
 # Training precisions. bf16 autocast runs the convolutions and attention of the forward passes (and so of their
 # backward) in bfloat16 on a GPU's tensor cores, while the weights, their gradients, the optimiser and every loss
@@ -150,7 +152,7 @@ def run_stage(config: StageConfig, preset: Preset | None = None) -> dict:
     torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every step has the same shapes
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes (rank_penalty pads to keep them)
     check_earlier_run(config)
     config.out.mkdir(parents=True, exist_ok=True)
     stages = {"vae": VaeStage, "decoder": DecoderStage, "prior": PriorStage, "adaptor": AdaptorStage}
@@ -802,6 +804,7 @@ class AdaptorStage(LatentStage):
         self.adaptor = init_adaptor_from_unet(self.unet).to(self.device)
         self.adaptor.requires_grad_(True)
         self.strength = torch.ones(1, device=self.device)
+        self.rank_bucket = RANK_BUCKET_CUDA if self.device.type == "cuda" else 1
         self.tracking = tracking_images()
         # --train-decoder: the decoder and its branch learn from the same one-step loss, with the adaptor rather
         # than in turns with it. Their weights live in RUN/vae and RUN/fidelity (written at every checkpoint, and
@@ -920,6 +923,16 @@ class AdaptorStage(LatentStage):
                     raised.append(candidate)
         if not picked:
             return landed.new_zeros(()), 0
+        # The coins make the sub-batch a new size almost every step, and on CUDA cuDNN's benchmark mode (run_stage)
+        # tunes every convolution afresh for each new shape: the likely reason the H200 adaptor legs of
+        # bench/results/experiments/gpu_leg_bh ran 5-12 s a step with the GPU 0-5% busy, where the decoder leg
+        # (fixed shapes) ran 77 ms. Copies of the first picks, weighted 0, pad the sub-batch to a multiple of
+        # rank_bucket, so a few shapes recur. Every network here works pair by pair (GroupNorm, not BatchNorm), so
+        # the copies change no other pair's output.
+        ranked = len(picked)
+        padding = -ranked % self.rank_bucket
+        picked += [picked[i % ranked] for i in range(padding)]
+        raised += [raised[i % ranked] for i in range(padding)]
         index = torch.tensor(picked, device=self.device)
         z_picked, t_picked = z_t[index], t[index]
         prediction = self.predict(z_picked, t_picked, y_latent[index], [r.text for r in raised])
@@ -932,7 +945,8 @@ class AdaptorStage(LatentStage):
         with torch.autocast(self.device.type, enabled=False):  # fp32 under bf16: the 5% margin is a few bf16 steps
             stated, energy = high_frequency_energy(stated_image.float()), high_frequency_energy(raised_image.float())
         sign = torch.tensor([r.sign for r in raised], dtype=energy.dtype, device=self.device)
-        return rank_hinge(stated, energy, sign).sum() / len(prompts), len(picked)
+        counted = (torch.arange(len(picked), device=self.device) < ranked).to(energy.dtype)  # the copies: 0
+        return (rank_hinge(stated, energy, sign) * counted).sum() / len(prompts), ranked
 
     def decoded(self, latent: torch.Tensor, y: torch.Tensor, frozen: bool = False) -> torch.Tensor:
         """The image in [0, 1] the decoder makes of a latent restored from y, as the pipeline decodes it; with

@@ -238,6 +238,41 @@ def test_rank_penalty_hinges_the_raised_restoration_against_the_stated_one(run_f
     assert zero == 0 and none.item() == 0
 
 
+def test_rank_penalty_padded_to_a_bucket_is_the_same_penalty(run_folder, tmp_path):
+    """On CUDA the ranked sub-batch is padded with zero-weighted copies to a multiple of rank_bucket, so cuDNN's
+    benchmark mode meets a few shapes instead of a new one each step: the padding changes the shapes the networks
+    see and nothing else (the penalty, its gradient, the count of ranked pairs, the coins drawn)."""
+    copy_adaptor_inputs(run_folder[0], tmp_path)
+    stage = make_stage(config(tmp_path, "adaptor", strength=(0.1, 0.3), start_noise=0.0, rank_rate=1.0),
+                       recipe.AdaptorStage)
+    assert stage.rank_bucket == 1  # on the CPU no convolution is tuned per shape: nothing is padded
+    with torch.no_grad():
+        for head in [*stage.adaptor.skip_heads, stage.adaptor.mid_head]:
+            head.weight.normal_(0, 0.1)
+    prompts = [BLIND_PROMPT, "Denoise with sigma 0.10", "Dejpeg with quality 40", "Deblur with sigma 2.0",
+               "Deblur with sigma 1.5; Denoise with sigma 0.06"]
+    z_t, y_latent, t = torch.randn(5, 4, 8, 8), torch.randn(5, 4, 8, 8), torch.full((5,), 199)
+    y = torch.rand(5, 3, 16, 16)
+    with torch.no_grad():
+        landed = stage.schedule.predict_x0(z_t, stage.predict(z_t, t, y_latent, prompts), t)
+    predict, sizes = stage.predict, []
+    stage.predict = lambda z, *rest: sizes.append(z.shape[0]) or predict(z, *rest)
+
+    results = []
+    for bucket in (1, 8):
+        stage.rank_bucket, stage.rng = bucket, np.random.default_rng(5)
+        stage.adaptor.zero_grad()
+        penalty, ranked = stage.rank_penalty(z_t, t, y, y_latent, prompts, landed)
+        penalty.backward()
+        grads = torch.cat([p.grad.flatten() for p in stage.adaptor.skip_heads.parameters()])
+        results.append((penalty.item(), ranked, grads, stage.rng.random()))
+    (plain, plain_ranked, plain_grads, plain_next), (padded, padded_ranked, padded_grads, padded_next) = results
+    assert sizes == [3, 8]
+    assert plain_ranked == padded_ranked == 3 and plain_next == padded_next
+    assert plain > 0 and padded == pytest.approx(plain, rel=1e-5)
+    assert torch.allclose(padded_grads, plain_grads, rtol=1e-4, atol=1e-9) and plain_grads.abs().sum() > 0
+
+
 def test_adaptor_trains_with_the_rank_objective(run_folder, tmp_path):
     copy_adaptor_inputs(run_folder[0], tmp_path)
     stage = make_stage(config(tmp_path, "adaptor", steps=12, strength=(0.1, 0.3), start_noise=0.0,
