@@ -298,6 +298,29 @@ def kernel_cases(smoke: bool):
                     lambda: groupnorm_silu_ref(x2, w, b, groups))
         return build
 
+    def entry_finalize(hc, sc, side):
+        """The split strategy's middle launch alone: per-channel partial statistics merged into each group's."""
+        def build():
+            from spire_rt.kernels.groupnorm_silu import finalize_statistics, partial_tiling
+
+            c_, spatial = (hc + sc) // scale, max(2, side // scale) ** 2
+            groups = 8 if smoke else 32
+            rows = partial_tiling(c_, spatial, True, 4096)[3]
+            tiles = -(-spatial // rows)
+            mean_p = torch.randn(2, tiles, c_, device=device)
+            m2_p = torch.rand(2, tiles, c_, device=device) * rows
+            merged = mean_p.reshape(2, tiles, groups, -1)  # the same merge in PyTorch (Chan et al.), as reference
+            n = torch.tensor([min(rows, spatial - i * rows) for i in range(tiles)], device=device, dtype=torch.float32)
+            n = n.reshape(1, tiles, 1, 1).expand_as(merged)
+
+            def reference():
+                mean = (merged * n).sum((1, 3)) / (spatial * c_ // groups)
+                m2 = (m2_p.reshape(merged.shape) + n * (merged - mean[:, None, :, None]) ** 2).sum((1, 3))
+                return mean, (m2 / (spatial * c_ // groups) + 1e-5).rsqrt()
+            return (lambda: finalize_statistics(mean_p, m2_p, spatial, rows, groups, 1e-5)[1],
+                    lambda: reference()[1], nbytes(mean_p, m2_p), None)
+        return build
+
     def same_bytes_copy(hc, sc, side):
         """A plain copy moving the 64x64 entry's bytes: what memory allows at this size, beside the 1 GiB copy."""
         def build():
@@ -345,6 +368,7 @@ def kernel_cases(smoke: bool):
         ("decoder_entry 8x8 1280+1280", entry(1280, 1280, 8)),
         *[(f"decoder_entry 64x64 640+320 tile{e}", entry(640, 320, 64, e)) for e in (1024, 2048, 8192, 16384)],
         ("decoder_entry 64x64 640+320 apply launch", entry_apply(640, 320, 64)),
+        ("decoder_entry 64x64 640+320 finalize launch", entry_finalize(640, 320, 64)),
         ("copy, 64x64 entry bytes", same_bytes_copy(640, 320, 64)),
         ("groupnorm_silu+temb 64x64 320", gn(320, 64, True)),
         ("groupnorm_silu+temb 16x16 1280", gn(1280, 16, True)),
