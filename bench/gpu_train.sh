@@ -23,7 +23,8 @@
 #   RUN      the run folder (default /tmp/spire_gpu_run, replaced each time; a RUN you name must not exist yet)
 #   SPIRE_RT how to call the CLI, here and in the chain (default python3 -m spire_rt.cli)
 # Writes to $OUT (at most 8 files, as the device returns them): versions.txt, chain.log, validation.md and
-# run.tar.* (15 MiB parts of RUN's shipped folders, its stage logs and the validation JSON). On this side:
+# run.tar.* (15 MiB parts of RUN's shipped folders, its stage logs and the validation JSON; when the chain stopped
+# before shipping its decoder leg, also RUN's model, vae and fidelity). On this side:
 #   cat run.tar.* | tar xf -        # then bash bench/score_candidate.sh run/ship OUT, on the CPU the rules use
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,7 +84,24 @@ device=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() els
 cp "$run/validation/results.md" "$out/validation.md"
 
 # A shipped model is 14-22 MB; the device returns files of at most 16 MiB each, so the pack goes in parts.
-(cd "$run" && tar cf - ship* ./*.jsonl validation/results.json) | split -b 15M - "$out/run.tar."
+# A chain stopped in its decoder leg, or after it but before shipping, holds that leg's weights in RUN/vae and
+# RUN/fidelity only (the H200 call of bench/results/experiments/gpu_leg_bh lost a 624-step leg so): pack them
+# with RUN/model, to be shipped on this side.
+unshipped=
+if [ ! -f "$run/ship/spire.json" ] && [ -f "$run/decoder.jsonl" ]; then
+    unshipped=1
+    echo "the decoder leg was not shipped: run.tar.* holds RUN's model, vae and fidelity; ship them here with" \
+         "spire-rt train --stage ship --out run --ship-to DIR (and the chain's --default-strength / --default-ensemble)" \
+        | tee -a "$out/chain.log"
+fi
+(
+    cd "$run"
+    packed=(ship* ./*.jsonl validation/results.json)
+    if [ -n "$unshipped" ]; then
+        for part in model vae fidelity; do if [ -d "$part" ]; then packed+=("$part"); fi; done
+    fi
+    tar cf - "${packed[@]}"
+) | split -b 15M - "$out/run.tar."
 ls -la "$out"
 tail -n 12 "$out/chain.log"
 echo "model: $model"

@@ -28,7 +28,8 @@ def value(flag):
 if args[0] == "train":
     stage, run = value("--stage"), Path(value("--out"))
     run.mkdir(parents=True, exist_ok=True)
-    if stage == os.environ.get("SLOW_STAGE"):
+    if stage == os.environ.get("SLOW_STAGE") or (stage == "ship" and os.environ.get("SLOW_LAST_SHIP")
+                                                 and (run / "decoder.jsonl").exists()):
         time.sleep(60)
     if stage == os.environ.get("FAILING_STAGE"):
         sys.exit("stage failed")
@@ -39,6 +40,10 @@ if args[0] == "train":
         target.mkdir(parents=True)
         (target / "spire.json").write_text(json.dumps({"from": str(run / "model")}))
     else:
+        if stage == "decoder":  # the decoder leg writes its decoder and branch into the run folder
+            for part in ("vae", "fidelity"):
+                (run / part).mkdir(exist_ok=True)
+                (run / part / "config.json").write_text("{}")
         with open(run / f"{stage}.jsonl", "a") as log:
             log.write(json.dumps({"stage": stage, "step": 1}) + "\\n")
         print(json.dumps({"stage": stage, "step": 1, "final": True}))
@@ -135,6 +140,23 @@ def test_a_chain_stopped_after_the_adaptor_scores_its_ship_adaptor(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "chain: exit status 1" in (tmp_path / "out" / "chain.log").read_text()
     assert f"--model {tmp_path / 'run' / 'ship_adaptor'} " in next(c for c in calls if c.startswith("eval"))
+
+
+def test_a_decoder_leg_cut_off_before_its_ship_comes_back_to_be_shipped_here(tmp_path):
+    result, calls = device_call(tmp_path, SLOW_LAST_SHIP="1", TRAIN_S="8")
+    assert result.returncode == 0, result.stderr
+    chain = (tmp_path / "out" / "chain.log").read_text()
+    assert "chain: exit status 124" in chain and "the decoder leg was not shipped" in chain
+    assert f"--model {tmp_path / 'run' / 'ship_adaptor'} " in next(c for c in calls if c.startswith("eval"))
+    files = unpacked(tmp_path / "out")
+    assert {"ship_adaptor/spire.json", "vae/config.json", "fidelity/config.json", "./decoder.jsonl"} <= set(files)
+    assert not any(name.startswith("ship/") for name in files)
+
+
+def test_a_chain_stopped_after_the_adaptor_packs_no_run_weights(tmp_path):
+    result, _ = device_call(tmp_path, FAILING_STAGE="decoder")
+    assert result.returncode == 0, result.stderr
+    assert not any(name.startswith(("vae/", "model/")) for name in unpacked(tmp_path / "out"))
 
 
 def test_a_chain_cut_off_before_any_model_says_so(tmp_path):
