@@ -10,8 +10,9 @@
 # times theirs: 128 one-step pairs, 64 decoded crops; the adaptor leg trains the UNet too (--train-unet), as (y),
 # and the decoder leg trains a fidelity branch with the decoder, every pair a landing (a FROM without one gets a
 # fresh, zero-initialised one), as (ab).
-# LR (default "2e-4 5e-4": the adaptor's twice the CPU leg's 1e-4, the decoder's the CPU leg's) is a first
-# guess, not tuned: a model that has trained for hours wants smaller steps than the from-scratch chain's.
+# LR (default "2e-4 2.5e-4": the adaptor's twice the CPU leg's 1e-4; the decoder's the rate of the CPU decoder
+# legs since (al), which leg (v) checked at this batch, where 5e-4 lost JPEG in leg (ac)) is not tuned on a GPU:
+# a model that has trained for hours wants smaller steps than the from-scratch chain's.
 # CROP (default 64, the CPU legs' crop): the training crops' side. The batches shrink with its square, so a step
 # holds the pixels of 128 (adaptor) or 64 (decoder) crops of 64: CROP=128 trains on 32 and 16 crops of 128, with
 # four times the context of the 64-pixel crops every leg before saw (a 256x256 restoration is 16 such crops).
@@ -44,7 +45,7 @@ read -r preset strength ensemble <<<"$defaults"
 # shellcheck source=bench/gpu_stages.sh
 source "$(dirname "$0")/gpu_stages.sh"
 read -r adaptor_min decoder_min <<<"${MINUTES:-4.0 1.2}"
-read -r adaptor_lr decoder_lr <<<"${LR:-2e-4 5e-4}"
+read -r adaptor_lr decoder_lr <<<"${LR:-2e-4 2.5e-4}"
 ship=(--default-strength "$strength" --default-ensemble "$ensemble")
 crop=${CROP:-64}
 if ! [[ $crop =~ ^[0-9]+$ ]] || [ $(( crop % 8 )) -ne 0 ] || [ "$crop" -lt 32 ] || [ "$crop" -gt 256 ]; then

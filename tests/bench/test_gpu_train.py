@@ -119,7 +119,7 @@ def test_from_carries_a_shipped_model_on_with_its_own_defaults(tmp_path):
                    "--lr 2e-4", "--train-unet", "--minutes 4.0", "--preset tiny-wide", "--workers 14",
                    "--precision bf16"):
         assert option in adaptor, option
-    for option in ("--batch 64", "--landing-rate 1 ", "--fidelity", "--lr 5e-4", "--minutes 1.2",
+    for option in ("--batch 64", "--landing-rate 1 ", "--fidelity", "--lr 2.5e-4", "--minutes 1.2",
                    "--preset tiny-wide"):
         assert option in decoder, option
     assert all(call.endswith("--default-strength 0.05 --default-ensemble 2") for call in (trains[2], trains[4]))
