@@ -926,8 +926,8 @@ class AdaptorStage(LatentStage):
         # The coins make the sub-batch a new size almost every step, and on CUDA cuDNN's benchmark mode (run_stage)
         # tunes every convolution afresh for each new shape: the likely reason the H200 adaptor legs of
         # bench/results/experiments/gpu_leg_bh ran 5-12 s a step with the GPU 0-5% busy, where the decoder leg
-        # (fixed shapes) ran 77 ms. Copies of the first picks, weighted 0, pad the sub-batch to a multiple of
-        # rank_bucket, so a few shapes recur. Every network here works pair by pair (GroupNorm, not BatchNorm), so
+        # (fixed shapes) ran 77 ms. Copies of the first picks, left out of the sum, pad the sub-batch to a multiple
+        # of rank_bucket, so a few shapes recur. Every network here works pair by pair (GroupNorm, not BatchNorm), so
         # the copies change no other pair's output.
         ranked = len(picked)
         padding = -ranked % self.rank_bucket
@@ -945,8 +945,7 @@ class AdaptorStage(LatentStage):
         with torch.autocast(self.device.type, enabled=False):  # fp32 under bf16: the 5% margin is a few bf16 steps
             stated, energy = high_frequency_energy(stated_image.float()), high_frequency_energy(raised_image.float())
         sign = torch.tensor([r.sign for r in raised], dtype=energy.dtype, device=self.device)
-        counted = (torch.arange(len(picked), device=self.device) < ranked).to(energy.dtype)  # the copies: 0
-        return (rank_hinge(stated, energy, sign) * counted).sum() / len(prompts), ranked
+        return rank_hinge(stated, energy, sign)[:ranked].sum() / len(prompts), ranked
 
     def decoded(self, latent: torch.Tensor, y: torch.Tensor, frozen: bool = False) -> torch.Tensor:
         """The image in [0, 1] the decoder makes of a latent restored from y, as the pipeline decodes it; with

@@ -239,7 +239,7 @@ def test_rank_penalty_hinges_the_raised_restoration_against_the_stated_one(run_f
 
 
 def test_rank_penalty_padded_to_a_bucket_is_the_same_penalty(run_folder, tmp_path):
-    """On CUDA the ranked sub-batch is padded with zero-weighted copies to a multiple of rank_bucket, so cuDNN's
+    """On CUDA the ranked sub-batch is padded with copies, left out of the sum, to a multiple of rank_bucket, so cuDNN's
     benchmark mode meets a few shapes instead of a new one each step: the padding changes the shapes the networks
     see and nothing else (the penalty, its gradient, the count of ranked pairs, the coins drawn)."""
     copy_adaptor_inputs(run_folder[0], tmp_path)
@@ -848,7 +848,6 @@ def test_train_cli_warns_of_bf16_on_a_cpu_that_emulates_it(tmp_path, capsys, mon
     assert not out.exists()
 
 
-
 @pytest.mark.parametrize(("device", "message"), [("garbage", "unknown device 'garbage'"),
                                                  ("mps", "device 'mps' is not supported")])
 def test_train_cli_refuses_an_unknown_device(tmp_path, capsys, device, message):
@@ -859,6 +858,7 @@ def test_train_cli_refuses_an_unknown_device(tmp_path, capsys, device, message):
     assert main(["train", "--stage", "vae", "--out", str(out), "--steps", "1", "--device", device]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
 
 def test_landings_stay_fp32_under_a_bf16_stage(run_folder):
     """The decoder stage's landings are what the runtime decodes, so a bf16 stage's autocast must not reach them."""
