@@ -50,6 +50,9 @@ PROVIDER_ALIASES = {
 }
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 QUANTIZATIONS = (None, "int8")
+# What quantize_int8 does, recorded with each int8 graph: a graph quantised another way (full-range weights, before
+# d842f18) is quantised again instead of being trusted.
+INT8_RECIPE = "dynamic s8 per-channel reduce_range MatMul/Gemm"
 ATTENTIONS = ("fused", "standard")  # ONNX Runtime's MultiHeadAttention op, or plain MatMul/Softmax/MatMul
 NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32}
 ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int64)": torch.int64,
@@ -267,13 +270,16 @@ class OnnxRuntimeBackend:
             return base
         artifact = f"{base}.{self.quantize}"
         reason = self.artifacts.problem(artifact)
+        if reason is None and self.artifacts.entry(artifact).get("recipe") != INT8_RECIPE:
+            reason = "quantised by another recipe"
         if reason:
             if not self.export:
                 raise ExportError(f"{self.artifacts.onnx_path(artifact)}: {reason}")
             log.info("quantising %s to %s (%s)", network, self.quantize, reason)
             with self.artifacts.staging(artifact) as stage:
                 quantize_int8(self.artifacts.onnx_path(base), stage / f"{artifact}.onnx")
-                self.artifacts.commit(artifact, stage, {"kind": self.quantize, "network": network}, source=base)
+                info = {"kind": self.quantize, "network": network, "recipe": INT8_RECIPE}
+                self.artifacts.commit(artifact, stage, info, source=base)
         return artifact
 
     def optimized_tag(self) -> str:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
 from spire_rt.backends import create_backend, default_backend
-from spire_rt.backends.onnxruntime_backend import OnnxRuntimeBackend, resolve_providers
+from spire_rt.backends.onnxruntime_backend import INT8_RECIPE, OnnxRuntimeBackend, resolve_providers
 from spire_rt.backends.torch_backend import TorchBackend
 from spire_rt.errors import OptionError
 from spire_rt.export import ExportError, ShapeError
+from spire_rt.export.artifacts import Artifacts
 from spire_rt.export.descriptors import ShapeProfile, descriptor
 from spire_rt.pipeline import Restorer
 
@@ -111,6 +115,21 @@ def test_int8_quantisation_is_opt_in_and_close(backends, tiny_onnx):
     assert tiny_onnx[1].problem("text_encoder.int8") is None
     with pytest.raises(OptionError, match="unknown quantisation"):
         OnnxRuntimeBackend(model, artifacts=tiny_onnx[1], quantize="int4")
+
+
+def test_int8_graph_of_another_recipe_is_quantised_again(backends, tmp_path, tiny_onnx):
+    """An int8 graph cached without this recipe (full-range weights, before d842f18) is not trusted."""
+    model, _, _ = backends
+    artifacts = Artifacts(tmp_path / "cache", tiny_onnx[1].key)
+    shutil.copytree(tiny_onnx[1].root, artifacts.root)
+    OnnxRuntimeBackend(model, artifacts=artifacts, quantize="int8").graph_artifact("text_encoder")
+    manifest = json.loads(artifacts.manifest_path.read_text())
+    manifest["artifacts"]["text_encoder.int8"].pop("recipe")
+    artifacts.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="quantised by another recipe"):
+        OnnxRuntimeBackend(model, artifacts=artifacts, quantize="int8", export=False).graph_artifact("text_encoder")
+    OnnxRuntimeBackend(model, artifacts=artifacts, quantize="int8").graph_artifact("text_encoder")
+    assert artifacts.entry("text_encoder.int8")["recipe"] == INT8_RECIPE
 
 
 def test_default_backend_and_factory(monkeypatch, tiny_onnx):
